@@ -1,0 +1,7 @@
+"""caffelike's layer library: one module per Caffe layer family, each layer registering its Caffe type name."""
+from .base import Layer, is_meta, layer_class, layer_type_list, register  # noqa: F401
+
+# Importing a family module registers its layers.
+from . import common, data, loss, neuron, norm, vision  # noqa: F401,E402
+
+__all__ = ["Layer", "register", "layer_class", "layer_type_list", "is_meta"]

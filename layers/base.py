@@ -1,0 +1,175 @@
+"""The Layer base class and the registry of Caffe layer types.
+
+A layer is one small `torch.nn.Module` that registers its exact Caffe type string.  Its `forward` takes the
+bottom tensors and returns the top tensors (one tensor, or a tuple for several tops); backward comes from
+autograd.  Learnable and persistent blobs live in `self.blobs` in Caffe's saved order, so `.caffemodel` files
+map onto them one to one.
+
+The net calls, once per layer: the constructor (reads the LayerParameter), `setup(bottom_shapes)` (creates the
+blobs, which may depend on the bottom shapes, like Caffe's LayerSetUp), then `forward` for every pass.  Top
+shapes are derived by running `forward` on meta tensors (`infer_top_shapes`), so a layer whose forward would
+change state (BatchNorm's running averages, data cursors) must leave its state alone when `is_meta(x)`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from caffelike.errors import LayerError
+from caffelike.proto import caffe_pb2
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
+    """Class decorator: make `cls` the implementation of Caffe layer type `type_name`."""
+
+    def deco(cls: type["Layer"]) -> type["Layer"]:
+        if type_name in _REGISTRY:
+            raise ValueError(f"layer type {type_name!r} is registered twice "
+                             f"({_REGISTRY[type_name].__module__} and {cls.__module__})")
+        cls.type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def layer_class(type_name: str) -> type["Layer"]:
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise LayerError(f"Unknown layer type: {type_name!r} (known types: {', '.join(layer_type_list())})") from None
+
+
+def layer_type_list() -> list[str]:
+    """Registered types, sorted like Caffe's std::map-backed registry."""
+    return sorted(_REGISTRY)
+
+
+def is_meta(t: torch.Tensor) -> bool:
+    return t.device.type == "meta"
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+class Layer(nn.Module):
+    """Base of every Caffe layer.
+
+    Class attributes describe the layer to the net, as Caffe's virtual methods do:
+    `exact_bottoms/min_bottoms/max_bottoms`, the same for tops, `equal_bottoms_tops`; `is_loss` (LossLayer:
+    a default loss_weight of 1 on top 0 and an automatic top when none is given); `backward_free` for layers
+    that have no backward in Caffe (their tops carry no gradient); `forbids_in_place` for Split, Flatten,
+    Reshape.
+    """
+
+    type = ""
+    exact_bottoms: int | None = None
+    min_bottoms: int | None = None
+    max_bottoms: int | None = None
+    exact_tops: int | None = None
+    min_tops: int | None = None
+    max_tops: int | None = None
+    equal_bottoms_tops = False
+    is_loss = False
+    backward_free = False
+    forbids_in_place = False
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int):
+        super().__init__()
+        self.param = param
+        self.layer_name = param.name
+        self.phase = phase
+        self.blobs = nn.ParameterList()
+
+    # ----------------------------------------------------------------------------------------------------- net hooks
+    def check_blob_counts(self, n_bottom: int, n_top: int) -> None:
+        def check(what: str, n: int, exact, lo, hi) -> None:
+            if exact is not None and n != exact:
+                self.fail(f"takes exactly {exact} {what} blob{'s' if exact != 1 else ''}, got {n}")
+            if lo is not None and n < lo:
+                self.fail(f"takes at least {lo} {what} blob{'s' if lo != 1 else ''}, got {n}")
+            if hi is not None and n > hi:
+                self.fail(f"takes at most {hi} {what} blob{'s' if hi != 1 else ''}, got {n}")
+
+        check("bottom", n_bottom, self.exact_bottoms, self.min_bottoms, self.max_bottoms)
+        check("top", n_top, self.exact_tops, self.min_tops, self.max_tops)
+        if self.equal_bottoms_tops and n_bottom != n_top:
+            self.fail(f"needs as many top blobs as bottom blobs, got {n_bottom} bottoms and {n_top} tops")
+
+    def setup(self, bottom_shapes: list[tuple[int, ...]]) -> None:
+        """Create `self.blobs` from the bottom shapes (Caffe's LayerSetUp).  Default: no blobs."""
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        """False for bottoms that never get a gradient (labels, selectors), even under force_backward."""
+        return not (self.is_loss and bottom_index == 1)
+
+    def infer_top_shapes(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Top shapes for these bottom shapes (Caffe's Reshape), by a forward pass on meta tensors."""
+        dtype = self.blobs[0].dtype if len(self.blobs) else torch.float32
+        bottoms = [torch.empty(s, dtype=dtype, device="meta") for s in bottom_shapes]
+        with torch.no_grad():
+            tops = self.forward(*bottoms)
+        if isinstance(tops, torch.Tensor):
+            tops = (tops,)
+        return [tuple(t.shape) for t in tops]
+
+    # ----------------------------------------------------------------------------------------------------- helpers
+    def fail(self, message: str) -> None:
+        raise LayerError(f'{self.type} layer "{self.layer_name}": {message}')
+
+    def add_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None = None,
+                 constant: float | None = None) -> nn.Parameter:
+        """Append a blob of `shape`, filled by `filler` (Caffe's default filler is constant 0)."""
+        from caffelike.fillers import fill
+
+        if constant is not None:
+            data = torch.full(tuple(shape), float(constant))
+        else:
+            data = fill(tuple(int(d) for d in shape), filler if filler is not None else caffe_pb2.FillerParameter())
+        p = nn.Parameter(data)
+        self.blobs.append(p)
+        return p
+
+    def canonical_axis(self, axis: int, num_axes: int, what: str = "axis") -> int:
+        """Caffe's CanonicalAxisIndex: -num_axes <= axis < num_axes, negatives count from the end."""
+        if not -num_axes <= axis < num_axes:
+            self.fail(f"{what} {axis} is out of range for a bottom with {num_axes} axes")
+        return axis + num_axes if axis < 0 else axis
+
+    def extra_repr(self) -> str:
+        return f"{self.type} {self.layer_name!r}"
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """Number of elements of `shape[start:end]` (Caffe's Blob::count(start, end))."""
+    return math.prod(int(d) for d in shape[start:end])
+
+
+def spatial_values(msg, repeated: str, prefix: str | None, num_spatial: int, default: int,
+                   layer: Layer) -> list[int]:
+    """Resolve Caffe's two spellings of a per-axis value: the repeated field (given once, or once per spatial
+    axis) or `<prefix>_h`/`<prefix>_w` (2-D only).  Used by Convolution, Deconvolution and Im2col, e.g.
+    `spatial_values(p, "kernel_size", "kernel", 2, 0, self)`."""
+    listed = [int(v) for v in getattr(msg, repeated)]
+    if prefix is not None and (msg.HasField(f"{prefix}_h") or msg.HasField(f"{prefix}_w")):
+        if num_spatial != 2:
+            layer.fail(f"{prefix}_h/{prefix}_w can only be used with 2 spatial axes, got {num_spatial}")
+        if listed:
+            layer.fail(f"either {repeated} or {prefix}_h/{prefix}_w should be specified, not both")
+        if not (msg.HasField(f"{prefix}_h") and msg.HasField(f"{prefix}_w")):
+            layer.fail(f"{prefix}_h and {prefix}_w must both be given")
+        return [int(getattr(msg, f"{prefix}_h")), int(getattr(msg, f"{prefix}_w"))]
+    if not listed:
+        return [default] * num_spatial
+    if len(listed) == 1:
+        return listed * num_spatial
+    if len(listed) != num_spatial:
+        layer.fail(f"{repeated} must be given once or once per spatial axis ({num_spatial}), "
+                   f"got {len(listed)} values")
+    return listed

@@ -1,0 +1,176 @@
+"""The test suite's shared checks: one forward comparison, one gradient check, one fixture-case loader.
+
+Every layer test uses these, so a tolerance or a rule changes in one place.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from caffelike.layers import layer_class
+from caffelike.proto import caffe_pb2
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+
+
+# ------------------------------------------------------------------------------------------------ forward comparison
+def assert_blob_close(actual, expected, *, rtol: float = 0.0, atol: float = 0.0, name: str = "blob") -> None:
+    """Shape first, then dtype family, then values; rtol = atol = 0 means an exact match."""
+    actual = actual.detach().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual)
+    expected = np.asarray(expected)
+    assert tuple(actual.shape) == tuple(expected.shape), \
+        f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    assert actual.dtype.kind == expected.dtype.kind, f"{name}: dtype {actual.dtype} != expected {expected.dtype}"
+    if rtol == 0.0 and atol == 0.0:
+        np.testing.assert_array_equal(actual, expected, err_msg=f"{name} differs")
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=f"{name} differs")
+
+
+# ---------------------------------------------------------------------------------------------------- layer building
+def make_layer(layer_text: str, bottom_shapes: Sequence[Sequence[int]], phase: int = caffe_pb2.TEST):
+    """Build and set up one layer from its prototxt text (the inside or the whole of a `layer { }` block)."""
+    text = layer_text.strip()
+    if text.startswith("layer"):
+        text = text[text.index("{") + 1: text.rindex("}")]
+    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
+    if not lp.name:
+        lp.name = lp.type.lower() or "layer"
+    layer = layer_class(lp.type)(lp, phase)
+    layer.check_blob_counts(len(lp.bottom) or len(bottom_shapes), len(lp.top) or 1)
+    layer.setup([tuple(s) for s in bottom_shapes])
+    return layer
+
+
+def as_tuple(tops):
+    return (tops,) if isinstance(tops, torch.Tensor) else tuple(tops)
+
+
+# ---------------------------------------------------------------------------------------------------- gradient check
+@dataclass
+class GradientReport:
+    checked: int = 0
+    skipped_kinks: int = 0
+    worst: list = field(default_factory=list)
+
+
+def check_gradient(layer, bottoms: Sequence, *, seed: int = 1701, step: float = 1e-4, threshold: float = 1e-4,
+                   kink: float = 0.0, kink_range: float = -1.0, grad_bottoms: Sequence[int] | None = None,
+                   check_params: bool = True, max_elements: int = 400) -> GradientReport:
+    """Compare autograd's gradient of a layer with float64 central differences, the way Caffe's
+    GradientChecker does: objective = sum over tops of <top, R> with seeded random R; an element passes when
+    |computed - estimated| <= threshold * max(|computed|, |estimated|, 1).  Inputs within `kink_range` of
+    `kink` (non-differentiable points, e.g. 0 for ReLU) are skipped.  At most `max_elements` seeded-random
+    elements per tensor are probed so that big blobs stay quick.
+
+    `grad_bottoms` lists the bottom indices to check (default: every floating bottom); `check_params` also
+    checks every blob of the layer with requires_grad.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    layer = layer.double()
+    xs = [torch.as_tensor(np.asarray(b)).double().clone() for b in bottoms]
+    if grad_bottoms is None:
+        grad_bottoms = list(range(len(xs)))
+    for i in grad_bottoms:
+        xs[i].requires_grad_(True)
+    params = [p for p in layer.blobs if p.requires_grad] if check_params else []
+
+    def objective(weights=None) -> torch.Tensor:
+        tops = as_tuple(layer(*xs))
+        if weights is None:
+            weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in tops]
+        return sum((t.double() * w).sum() for t, w in zip(tops, weights)), weights
+
+    torch.manual_seed(seed)
+    loss, weights = objective()
+    targets = [xs[i] for i in grad_bottoms] + params
+    computed = torch.autograd.grad(loss, targets, allow_unused=True)
+    report = GradientReport()
+    for ti, (target, grad) in enumerate(zip(targets, computed)):
+        grad = torch.zeros_like(target) if grad is None else grad
+        flat = target.data.view(-1)
+        n = flat.numel()
+        picks = range(n) if n <= max_elements else torch.randperm(n, generator=gen)[:max_elements].tolist()
+        for k in picks:
+            original = flat[k].item()
+            if kink_range > 0 and abs(original - kink) < kink_range:
+                report.skipped_kinks += 1
+                continue
+            with torch.no_grad():
+                flat[k] = original + step
+                torch.manual_seed(seed)
+                plus = objective(weights)[0].item()
+                flat[k] = original - step
+                torch.manual_seed(seed)
+                minus = objective(weights)[0].item()
+                flat[k] = original
+            estimated = (plus - minus) / (2 * step)
+            got = grad.reshape(-1)[k].item()
+            scale = max(abs(got), abs(estimated), 1.0)
+            assert abs(got - estimated) <= threshold * scale, (
+                f"{layer.type} {layer.layer_name!r}: gradient of "
+                f"{'bottom %d' % grad_bottoms[ti] if ti < len(grad_bottoms) else 'param %d' % (ti - len(grad_bottoms))}"
+                f" at flat index {k}: autograd {got:.8g}, finite difference {estimated:.8g}")
+            report.checked += 1
+    assert report.checked > 0, "gradient check probed nothing"
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------ fixture cases
+@dataclass
+class Case:
+    """One case folder of tests/fixtures (real BVLC Caffe output); see tests/fixtures/README.md."""
+    path: pathlib.Path
+    meta: dict
+    arrays: dict
+
+    @staticmethod
+    def load(kind: str, name: str) -> "Case":
+        path = FIXTURES / kind / name
+        meta = json.loads((path / "case.json").read_text())
+        with np.load(path / "blobs.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return Case(path, meta, arrays)
+
+    @staticmethod
+    def key(name: str) -> str:
+        return name.replace("/", "%2F")
+
+    def data(self, blob: str) -> np.ndarray:
+        return self.arrays["blob_data/" + self.key(blob)]
+
+    def diff(self, blob: str) -> np.ndarray:
+        return self.arrays["blob_diff/" + self.key(blob)]
+
+    def output_diff(self, blob: str) -> np.ndarray:
+        return self.arrays["output_diff/" + self.key(blob)]
+
+    def param_data(self, layer: str, i: int) -> np.ndarray:
+        return self.arrays[f"param_data/{self.key(layer)}/{i}"]
+
+    def param_diff(self, layer: str, i: int) -> np.ndarray:
+        return self.arrays[f"param_diff/{self.key(layer)}/{i}"]
+
+    @property
+    def tolerance(self) -> dict:
+        return dict(self.meta["tolerance"])
+
+    def net_param(self) -> caffe_pb2.NetParameter:
+        return text_format.Parse((self.path / "net.prototxt").read_text(), caffe_pb2.NetParameter())
+
+    def stored_weights(self) -> dict[str, list[np.ndarray]]:
+        """layer name -> blobs of the case's caffemodel, as written by Caffe before the forward pass."""
+        if not self.meta.get("weights"):
+            return {}
+        net = caffe_pb2.NetParameter.FromString((self.path / self.meta["weights"]).read_bytes())
+        out = {}
+        for lp in net.layer:
+            if lp.blobs:
+                out[lp.name] = [np.asarray(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in lp.blobs]
+        return out
