@@ -1,1 +1,20 @@
-"""caffelike"""
+"""caffelike: BVLC Caffe's files and habits on PyTorch.
+
+`import caffelike as caffe` gives pycaffe's names: Net, TRAIN, TEST, set_mode_cpu/gpu, set_device,
+set_random_seed, layer_type_list, ...
+"""
+from caffelike.proto import caffe_pb2
+from caffelike.errors import CaffeError, LayerError, PrototxtError, WeightsError
+from caffelike.layers import layer_type_list
+from caffelike.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from caffelike.graph import NetGraph
+from caffelike.net import Net
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+__version__ = "0.1.0"
+
+__all__ = [
+    "Net", "NetGraph", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
+    "set_device", "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
+]
