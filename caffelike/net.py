@@ -81,14 +81,18 @@ class Net(NetGraph):
         if weights is not None:
             self.copy_from(weights)
         self._params_cache = None
+        self._mode_seen = None
         self._ensure_device()
 
     # --------------------------------------------------------------------------------------------------- device
     def _ensure_device(self) -> None:
-        """Follow the global mode (caffe.set_mode_gpu/cpu), as every Caffe net does at each pass."""
-        want = runtime.current_device()
-        if self.device != want:
-            self.to(want)
+        """Follow the global mode (caffe.set_mode_gpu/cpu) when it changes, as Caffe nets do at each pass; an
+        explicit `net.to(device)` holds until the next set_mode_*/set_device call."""
+        if self._mode_seen != runtime.mode_version():
+            self._mode_seen = runtime.mode_version()
+            want = runtime.current_device()
+            if self.device != want:
+                self.to(want)
 
     # ---------------------------------------------------------------------------------------------- properties
     @property

@@ -8,23 +8,31 @@ import torch
 
 from caffelike.errors import CaffeError
 
-_state = {"mode": "cpu", "device_id": 0}
+_state = {"mode": "cpu", "device_id": 0, "version": 0}
+
+
+def mode_version() -> int:
+    """Bumped by every set_mode_*/set_device call, so nets know when to follow the global mode."""
+    return _state["version"]
 
 
 def set_mode_cpu() -> None:
     _state["mode"] = "cpu"
+    _state["version"] += 1
 
 
 def set_mode_gpu() -> None:
     if not torch.cuda.is_available():
         raise CaffeError("set_mode_gpu: no CUDA device is available to torch on this machine")
     _state["mode"] = "gpu"
+    _state["version"] += 1
 
 
 def set_device(device_id: int) -> None:
     if torch.cuda.is_available() and not 0 <= device_id < torch.cuda.device_count():
         raise CaffeError(f"set_device: device {device_id} does not exist ({torch.cuda.device_count()} CUDA devices)")
     _state["device_id"] = int(device_id)
+    _state["version"] += 1
 
 
 def set_random_seed(seed: int) -> None:

@@ -147,13 +147,19 @@ def _layer_label(name: str, index: int) -> str:
     return f'layer "{name}"' if name else f"layer #{index} (unnamed)"
 
 
+def _is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf >= 5 says so directly and 7 dropped `label`; older releases only have `label`.
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED
+
+
 def _assign(target: Message, path: str, value) -> None:
     """Set `target.<path>` to `value`: append to a repeated field, copy a message, set a scalar."""
     *parents, last = path.split(".")
     for part in parents:
         target = getattr(target, part)
     field = target.DESCRIPTOR.fields_by_name[last]
-    if field.label == FieldDescriptor.LABEL_REPEATED:
+    if _is_repeated(field):
         getattr(target, last).append(value)
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         getattr(target, last).CopyFrom(value)
@@ -201,25 +207,25 @@ def needs_batchnorm_upgrade(net: caffe_pb2.NetParameter) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ (a) V0 -> V1 layers
-def _fold_padding_layers(net: caffe_pb2.NetParameter, source: str) -> list[caffe_pb2.V1LayerParameter]:
-    """Copies of the net's V0 entries without the padding layers, whose pad moves into the conv/pool they feed.
+def _fold_padding_layers(net: caffe_pb2.NetParameter, source: str) -> list[tuple[int, caffe_pb2.V1LayerParameter]]:
+    """(index, copy) of the net's V0 entries but the padding layers, whose pad moves into the conv/pool they feed.
 
     A padding layer must take one blob, give one blob, and feed exactly one conv or pool layer taking one blob;
     that layer's bottom is rewired to the padding layer's input.
     """
     producer: dict[str, int] = {name: -1 for name in net.input}  # blob -> index of the entry that last wrote it
-    absorbed_by: dict[int, str] = {}  # padding entry index -> the layer it was folded into
+    absorbed_by: dict[int, str] = {}  # padding entry index -> label of the layer it was folded into
     kept = []
     for i, entry in enumerate(net.layers):
         v0 = entry.layer
-        label = _layer_label(v0.name, i)
+        label = _layer_label(v0.name or entry.name, i)
         if not entry.HasField("layer"):
             raise _fail(source, f"{label}: a V0 net needs every `layers` entry to hold a V0 `layer {{ }}` block")
-        copy = None
+        kept_entry = None
         if v0.type != "padding":
-            copy = caffe_pb2.V1LayerParameter()
-            copy.CopyFrom(entry)
-            kept.append(copy)
+            kept_entry = caffe_pb2.V1LayerParameter()
+            kept_entry.CopyFrom(entry)
+            kept.append((i, kept_entry))
         for j, blob in enumerate(entry.bottom):
             if blob not in producer:
                 raise _fail(source, f'{label} takes bottom blob "{blob}", which no earlier layer or input produces')
@@ -230,17 +236,18 @@ def _fold_padding_layers(net: caffe_pb2.NetParameter, source: str) -> list[caffe
             pad_label = _layer_label(pad_entry.layer.name, src_index)
             _check_padding_fold(source, pad_label, pad_entry, label, entry)
             if src_index in absorbed_by:
-                raise _fail(source, f'padding {pad_label} feeds both "{absorbed_by[src_index]}" and "{v0.name}"; '
+                raise _fail(source, f"padding {pad_label} feeds both {absorbed_by[src_index]} and {label}; "
                                     f"its pad can be folded into exactly one conv or pool layer")
-            absorbed_by[src_index] = v0.name
-            copy.layer.pad = pad_entry.layer.pad
-            copy.bottom[j] = pad_entry.bottom[0]
+            absorbed_by[src_index] = label
+            kept_entry.layer.pad = pad_entry.layer.pad
+            kept_entry.bottom[j] = pad_entry.bottom[0]
         for blob in entry.top:
             producer[blob] = i
     return kept
 
 
-def _check_padding_fold(source: str, pad_label: str, pad_entry, label: str, entry) -> None:
+def _check_padding_fold(source: str, pad_label: str, pad_entry: caffe_pb2.V1LayerParameter, label: str,
+                        entry: caffe_pb2.V1LayerParameter) -> None:
     consumer_type = entry.layer.type
     if consumer_type not in ("conv", "pool"):
         raise _fail(source, f'padding {pad_label} feeds {label} of type "{consumer_type}"; '
@@ -260,7 +267,8 @@ def _v0_to_v1(entry: caffe_pb2.V1LayerParameter, index: int, source: str) -> caf
     if not v0.HasField("type"):
         raise _fail(source, f"V0 {label} has no type")
     if v0.type not in _V0_TYPES:
-        raise _fail(source, f'V0 {label} has unknown type "{v0.type}" (known V0 types: {", ".join(sorted(_V0_TYPES))})')
+        known = ", ".join(sorted([*_V0_TYPES, "padding"]))
+        raise _fail(source, f'V0 {label} has unknown type "{v0.type}" (known V0 types: {known})')
     out = caffe_pb2.V1LayerParameter(bottom=entry.bottom, top=entry.top, type=_V0_TYPES[v0.type])
     if v0.HasField("name"):
         out.name = v0.name
@@ -283,7 +291,7 @@ def _v0_to_v1(entry: caffe_pb2.V1LayerParameter, index: int, source: str) -> caf
 
 def _upgrade_v0(net: caffe_pb2.NetParameter, source: str) -> None:
     kept = _fold_padding_layers(net, source)
-    upgraded = [_v0_to_v1(entry, i, source) for i, entry in enumerate(kept)]
+    upgraded = [_v0_to_v1(entry, i, source) for i, entry in kept]
     del net.layers[:]
     net.layers.extend(upgraded)
 

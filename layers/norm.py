@@ -160,7 +160,8 @@ class Scale(Layer):
         scale = scale_bottom[0] if scale_bottom else self.blobs[0]
         y = x * _broadcast(self, x, scale, p.axis, "scale")
         if p.bias_term:
-            y = y + _broadcast(self, x, self.blobs[len(self.blobs) - 1], p.axis, "bias")
+            # The bias is the last blob: [scale, bias] with 1 bottom, [bias] with 2.
+            y = y + _broadcast(self, x, self.blobs[-1], p.axis, "bias")
         return y
 
 

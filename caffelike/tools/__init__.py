@@ -1,0 +1,1 @@
+"""Implementations of the `caffelike` subcommands, one module per verb."""
