@@ -43,7 +43,8 @@ def make_layer(layer_text: str, bottom_shapes: Sequence[Sequence[int]], phase: i
     if not lp.name:
         lp.name = lp.type.lower() or "layer"
     layer = layer_class(lp.type)(lp, phase)
-    layer.check_blob_counts(len(lp.bottom) or len(bottom_shapes), len(lp.top))
+    n_tops = len(lp.top) if lp.top else (layer.exact_tops if layer.exact_tops is not None else 1)
+    layer.check_blob_counts(len(lp.bottom) or len(bottom_shapes), n_tops)
     layer.setup([tuple(s) for s in bottom_shapes])
     return layer
 

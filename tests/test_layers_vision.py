@@ -13,7 +13,6 @@ from google.protobuf import text_format
 from caffelike.errors import LayerError
 from caffelike.layers import layer_class
 from caffelike.layers.vision import pooled_size
-from caffelike.proto import caffe_pb2
 from helpers import Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 FLT_MAX = float(np.finfo(np.float32).max)

@@ -1,0 +1,15 @@
+"""Suite-wide settings: one torch thread (tiny tensors run faster and steadier without a thread pool) and a
+`gpu` marker that skips where torch sees no CUDA device."""
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
