@@ -1,0 +1,95 @@
+"""Registry-wide checks: every registered Caffe type is listed here with a small configuration, builds, runs
+forward on CPU, and (where Caffe has a backward) passes the finite-difference gradient check.  A type added to
+the registry without an entry here fails `test_every_registered_type_has_a_case`."""
+import numpy as np
+import pytest
+import torch
+
+import caffelike as caffe
+from caffelike.layers.base import layer_class
+from helpers import as_tuple, check_gradient, make_layer
+
+
+def normal(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+def away_from_zero(*shape, seed=0):
+    x = normal(*shape, seed=seed)
+    return np.where(np.abs(x) < 0.1, 0.3, x)
+
+
+def labels(n, classes, seed=1):
+    return np.random.default_rng(seed).integers(0, classes, size=n).astype(np.float64)
+
+
+# type -> (layer text, bottoms factory, gradient-check options; None = no backward in Caffe, skip the check)
+CASES = {
+    "Accuracy": ('type: "Accuracy" accuracy_param { top_k: 2 }', lambda: [normal(4, 5), labels(4, 5)], None),
+    "BatchNorm": ('type: "BatchNorm"', lambda: [normal(4, 3, 2, 2)], {}),
+    "Bias": ('type: "Bias" bias_param { filler { type: "gaussian" } }', lambda: [normal(2, 3, 4)], {}),
+    "Concat": ('type: "Concat"', lambda: [normal(2, 2, 3), normal(2, 3, 3, seed=1)], {}),
+    "Convolution": ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2 '
+                    'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+                    lambda: [normal(2, 4, 5, 5)], {}),
+    "Crop": ('type: "Crop" crop_param { offset: 1 }', lambda: [normal(2, 3, 5, 5), normal(2, 3, 3, 3)],
+             {"grad_bottoms": [0]}),
+    "Deconvolution": ('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 stride: 2 '
+                      'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
+                      lambda: [normal(2, 3, 3, 3)], {}),
+    "Dropout": ('type: "Dropout"', lambda: [normal(2, 3, 4)], {}),
+    "ELU": ('type: "ELU" elu_param { alpha: 0.5 }', lambda: [away_from_zero(2, 3, 4)], {}),
+    "Eltwise": ('type: "Eltwise" eltwise_param { operation: PROD }', lambda: [normal(2, 3), normal(2, 3, seed=1)],
+                {}),
+    "EuclideanLoss": ('type: "EuclideanLoss"', lambda: [normal(3, 4), normal(3, 4, seed=1)], {}),
+    "Flatten": ('type: "Flatten"', lambda: [normal(2, 3, 2, 2)], {}),
+    "InnerProduct": ('type: "InnerProduct" inner_product_param { num_output: 3 weight_filler { type: "gaussian" } '
+                     'bias_filler { type: "gaussian" } }', lambda: [normal(2, 2, 3)], {}),
+    "Input": ('type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } }', lambda: [], None),
+    "LRN": ('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 }', lambda: [normal(2, 5, 3, 3)], {}),
+    "PReLU": ('type: "PReLU"', lambda: [away_from_zero(2, 3, 4)], {}),
+    "Pooling": ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
+                lambda: [normal(2, 2, 5, 5)], {}),
+    "Power": ('type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }', lambda: [normal(2, 3)], {}),
+    "ReLU": ('type: "ReLU" relu_param { negative_slope: 0.1 }', lambda: [away_from_zero(2, 3, 4)], {}),
+    "Reshape": ('type: "Reshape" reshape_param { shape { dim: 0 dim: -1 } }', lambda: [normal(2, 3, 4)], {}),
+    "Scale": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } }',
+              lambda: [normal(2, 3, 4)], {}),
+    "Sigmoid": ('type: "Sigmoid"', lambda: [normal(2, 3)], {}),
+    "Silence": ('type: "Silence"', lambda: [normal(2, 3)], None),
+    "Slice": ('type: "Slice" top: "a" top: "b" slice_param { slice_point: 1 }', lambda: [normal(2, 3, 2)], {}),
+    "Softmax": ('type: "Softmax"', lambda: [normal(2, 4, 3)], {}),
+    "SoftmaxWithLoss": ('type: "SoftmaxWithLoss"', lambda: [normal(4, 5), labels(4, 5)], {"grad_bottoms": [0]}),
+    "Split": ('type: "Split" top: "a" top: "b"', lambda: [normal(2, 3)], {}),
+    "TanH": ('type: "TanH"', lambda: [normal(2, 3)], {}),
+}
+
+
+def test_every_registered_type_has_a_case():
+    missing = sorted(set(caffe.layer_type_list()) - set(CASES))
+    assert not missing, f"registered types without a registry test case: {missing}"
+
+
+@pytest.mark.parametrize("type_name", sorted(CASES))
+def test_builds_and_runs_forward(type_name):
+    text, bottoms, _ = CASES[type_name]
+    xs = bottoms()
+    layer = make_layer(text, [x.shape for x in xs], caffe.TRAIN if type_name == "Dropout" else caffe.TEST)
+    assert layer.type == type_name and layer_class(type_name) is type(layer)
+    if type_name == "Input":
+        assert layer.infer_top_shapes([]) == [(2, 3)]
+        return
+    tensors = [torch.as_tensor(x, dtype=torch.float32) for x in xs]
+    tops = as_tuple(layer(*tensors))
+    assert [tuple(t.shape) for t in tops] == layer.infer_top_shapes([x.shape for x in xs])
+    assert all(torch.isfinite(t).all() for t in tops)
+
+
+@pytest.mark.parametrize("type_name", sorted(k for k, v in CASES.items() if v[2] is not None))
+def test_gradient(type_name):
+    text, bottoms, options = CASES[type_name]
+    xs = bottoms()
+    # Dropout's TEST phase is the identity; its TRAIN mask is re-drawn from the same seed in every evaluation.
+    layer = make_layer(text, [x.shape for x in xs], caffe.TRAIN if type_name == "Dropout" else caffe.TEST)
+    report = check_gradient(layer, xs, **options)
+    assert report.checked > 0
