@@ -110,11 +110,19 @@ class Layer(nn.Module):
         return not (self.is_loss and bottom_index == 1)
 
     def infer_top_shapes(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        """Top shapes for these bottom shapes (Caffe's Reshape), by a forward pass on meta tensors."""
+        """Top shapes for these bottom shapes (Caffe's Reshape), by a forward pass on meta tensors.  The blobs
+        are swapped for meta stand-ins meanwhile, so forward code never meets a mix of meta and real tensors."""
         dtype = self.blobs[0].dtype if len(self.blobs) else torch.float32
         bottoms = [torch.empty(s, dtype=dtype, device="meta") for s in bottom_shapes]
-        with torch.no_grad():
-            tops = self.forward(*bottoms)
+        real = list(self.blobs)
+        try:
+            for i, p in enumerate(real):
+                self.blobs[i] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+            with torch.no_grad():
+                tops = self.forward(*bottoms)
+        finally:
+            for i, p in enumerate(real):
+                self.blobs[i] = p
         if isinstance(tops, torch.Tensor):
             tops = (tops,)
         return [tuple(t.shape) for t in tops]

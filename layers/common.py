@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from caffelike.proto import caffe_pb2
 
-from .base import Layer, count, is_meta, register, shape_str
+from .base import Layer, count, register, shape_str
 
 _ELTWISE = caffe_pb2.EltwiseParameter
 
@@ -66,9 +66,6 @@ class InnerProduct(Layer):
         if k != self.K:
             self.fail(f"Input size incompatible with inner product parameters: bottom {shape_str(x.shape)} "
                       f"gives K = {k} from axis {axis}, the layer was set up with K = {self.K}")
-        if is_meta(x):
-            # The blobs stay on their real device while shapes are inferred on meta bottoms.
-            return x.new_empty((*x.shape[:axis], int(p.num_output)))
         x2 = x.reshape(count(x.shape, 0, axis), k)
         weight = self.blobs[0]
         bias = self.blobs[1] if p.bias_term else None

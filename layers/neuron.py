@@ -19,12 +19,6 @@ class NeuronLayer(Layer):
     exact_bottoms = exact_tops = 1
 
 
-def _operand(blob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A blob on `x`'s device and in `x`'s dtype: shape inference runs on meta tensors while the blobs stay
-    real, and Caffe computes a layer in one Dtype throughout."""
-    return blob.to(device=x.device, dtype=x.dtype)
-
-
 @register("ReLU")
 class ReLU(NeuronLayer):
     """y = max(x, 0) + negative_slope * min(x, 0).
@@ -65,7 +59,7 @@ class PReLU(NeuronLayer):
     def forward(self, x):
         if x.dim() < 2:
             self.fail(f"bottom must have at least 2 axes (N, C, ...), got shape {shape_str(x.shape)}")
-        slope = _operand(self.blobs[0], x)
+        slope = self.blobs[0]
         if self.param.prelu_param.channel_shared:
             if slope.numel() != 1:
                 self.fail(f"channel_shared needs a single slope, got a blob of shape {shape_str(slope.shape)}")

@@ -8,12 +8,6 @@ from caffelike.proto import caffe_pb2
 from .base import Layer, count, is_meta, register, shape_str
 
 
-def _operand(blob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A blob on `x`'s device and in `x`'s dtype: shape inference runs on meta tensors while the blobs stay
-    real, and Caffe computes a layer in one Dtype throughout."""
-    return blob.to(device=x.device, dtype=x.dtype)
-
-
 # ------------------------------------------------------------------------------------------------------- BatchNorm
 @register("BatchNorm")
 class BatchNorm(Layer):
@@ -65,10 +59,10 @@ class BatchNorm(Layer):
         per_channel = (1, channels) + (1,) * (x.dim() - 2)
         if self.use_global_stats:
             # Statistics are constants: Caffe never back-propagates into them.
-            factor = _operand(self.blobs[2].detach(), x).reshape(-1)[0]
+            factor = self.blobs[2].detach().reshape(-1)[0]
             factor = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
-            mean = _operand(self.blobs[0].detach(), x) * factor
-            var = _operand(self.blobs[1].detach(), x) * factor
+            mean = self.blobs[0].detach() * factor
+            var = self.blobs[1].detach() * factor
             centered = x - mean.reshape(per_channel)
         else:
             reduce_dims = [0] + list(range(2, x.dim()))
@@ -101,7 +95,7 @@ def _broadcast(layer: Layer, x: torch.Tensor, operand: torch.Tensor, axis: int, 
         layer.fail(f"{what} of shape {shape_str(operand.shape)} does not fit the bottom of shape "
                    f"{shape_str(x.shape)} from axis {start}: expected shape {shape_str(expected)}"
                    + (" (it extends past the bottom's last axis)" if start + k > x.dim() else ""))
-    return _operand(operand, x).reshape((1,) * start + expected + (1,) * (x.dim() - start - k))
+    return operand.reshape((1,) * start + expected + (1,) * (x.dim() - start - k))
 
 
 def _learned_shape(layer: Layer, shape: tuple[int, ...], axis: int, num_axes: int, what: str) -> tuple[int, ...]:

@@ -4,10 +4,7 @@ Each case (tests/fixtures/{layers,nets}/<case>) holds a net, its weights, and ev
 Caffe computed them; see tests/fixtures/README.md.  Cases whose layer types caffelike does not register yet
 are skipped with the missing types named.
 """
-import os
-import sys
 
-import numpy as np
 import pytest
 
 import caffelike as caffe
