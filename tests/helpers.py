@@ -49,6 +49,17 @@ def make_layer(layer_text: str, bottom_shapes: Sequence[Sequence[int]], phase: i
     return layer
 
 
+def rand(shape, seed=0, low=-2.0, high=2.0, dtype=np.float32):
+    """Seeded uniform test input."""
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(dtype)
+
+
+def forward(layer, *bottoms):
+    """Run a layer on arrays without recording a graph."""
+    with torch.no_grad():
+        return layer(*(torch.as_tensor(b) for b in bottoms))
+
+
 def as_tuple(tops):
     return (tops,) if isinstance(tops, torch.Tensor) else tuple(tops)
 

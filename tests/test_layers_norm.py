@@ -10,18 +10,9 @@ from google.protobuf import text_format
 
 from caffelike.errors import LayerError
 from caffelike.proto import caffe_pb2
-from helpers import Case, assert_blob_close, check_gradient, make_layer
+from helpers import Case, assert_blob_close, check_gradient, forward, make_layer, rand
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-
-
-def rand(shape, seed=0, low=-2.0, high=2.0, dtype=np.float32):
-    return np.random.default_rng(seed).uniform(low, high, shape).astype(dtype)
-
-
-def forward(layer, *bottoms):
-    with torch.no_grad():
-        return layer(*(torch.as_tensor(b) for b in bottoms))
 
 
 def set_blobs(layer, *values):
