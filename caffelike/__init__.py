@@ -18,3 +18,10 @@ __all__ = [
     "Net", "NetGraph", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
     "set_device", "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
 ]
+
+from caffelike.solver import (  # noqa: E402
+    AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver, get_solver,
+)
+
+__all__ += ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
+            "AdamSolver", "get_solver"]
