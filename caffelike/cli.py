@@ -1,5 +1,6 @@
 """The `caffelike` command: Caffe's verbs and flag spellings.
 
+    caffelike train --solver=solver.prototxt [--weights=w.caffemodel | --snapshot=s.solverstate] [--gpu 0]
     caffelike test --model=net.prototxt --weights=w.caffemodel [--iterations 50] [--gpu 0] [--phase TEST]
     caffelike time --model=net.prototxt [--iterations 50] [--gpu 0] [--phase TRAIN]
     caffelike device_query [--gpu 0]
@@ -18,6 +19,7 @@ from caffelike.errors import CaffeError
 
 # verb -> (module under caffelike.tools, one-line help); each module has add_arguments(parser) and run(args).
 COMMANDS = {
+    "train": ("caffelike.tools.train", "train or finetune a model from a solver prototxt"),
     "test": ("caffelike.tools.test_net", "score a model by running it for --iterations batches"),
     "time": ("caffelike.tools.time_net", "benchmark a model's forward and backward passes per layer"),
     "device_query": ("caffelike.tools.device_query", "show the CUDA devices torch can use"),
