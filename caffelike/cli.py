@@ -24,6 +24,8 @@ COMMANDS = {
     "time": ("caffelike.tools.time_net", "benchmark a model's forward and backward passes per layer"),
     "device_query": ("caffelike.tools.device_query", "show the CUDA devices torch can use"),
     "digits": ("caffelike.tools.digits", "classify the bundled MNIST digits with the zoo's LeNet"),
+    "convert_imageset": ("caffelike.tools.convert_imageset", "convert a list of images to an LMDB of Datums"),
+    "compute_image_mean": ("caffelike.tools.compute_image_mean", "compute the mean image of a Datum database"),
 }
 
 _SINGLE_DASH = re.compile(r"^-([A-Za-z_][A-Za-z0-9_]+)(=.*)?$")

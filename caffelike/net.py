@@ -192,6 +192,14 @@ class Net(NetGraph):
         self.run_backward(s, e)
         return {name: self.blobs[name].diff for name in wanted}
 
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's set_input_arrays: hand arrays to the net's first layer, which must be MemoryData."""
+        first = self.layer_list[0] if self.layer_list else None
+        if first is None or first.type != "MemoryData":
+            raise CaffeError("set_input_arrays needs a net whose first layer is MemoryData, got "
+                             f"{first.type if first is not None else 'an empty net'}")
+        first.reset(data, labels)
+
     def run(self, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """The torch way: tensors in, the net's output tensors out, differentiable end to end."""
         return NetGraph.forward(self, **inputs)

@@ -123,6 +123,7 @@ def restore(solver, path: str) -> None:
     if len(history) != len(mine):
         raise CaffeError(f"{path}: Incorrect length of history blobs: the file has {len(history)}, the "
                          f"{solver.param.type} solver keeps {len(mine)} for this net")
+    fast_forward_data(solver)
     log.info("SGDSolver: restoring history")
     with torch.no_grad():
         for i, (target, values) in enumerate(zip(mine, history)):
@@ -130,3 +131,20 @@ def restore(solver, path: str) -> None:
                 raise CaffeError(f"{path}: history blob {i} has {values.size} values, the parameter has "
                                  f"{target.numel()}")
             target.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(tuple(target.shape))))
+
+
+def fast_forward_data(solver) -> None:
+    """Move every data layer to where an uninterrupted run would be at `solver.iter`, so that resuming gives the
+    uninterrupted run's batches and weights.  (Caffe restarts its databases from the start on restore; skipping
+    is cheap: no record is decoded.)"""
+    p = solver.param
+    tests_done = sum(1 for t in range(solver.iter)
+                     if p.test_interval and t % p.test_interval == 0 and (t > 0 or p.test_initialization))
+    targets = [(solver.net, solver.iter * p.iter_size)]
+    targets += [(net, tests_done * p.test_iter[i]) for i, net in enumerate(solver.test_nets)]
+    for net, batches in targets:
+        for layer in net.layer_list:
+            if hasattr(layer, "skip_batches"):
+                behind = batches - layer.batches_served
+                if behind > 0:
+                    layer.skip_batches(behind)

@@ -17,6 +17,7 @@ import torch
 from caffelike import runtime
 from caffelike.errors import CaffeError
 from caffelike.lr_policy import check_policy, learning_rate
+from caffelike.meters import MovingAverageMeter
 from caffelike.net import Net
 from caffelike.prototxt import read_net, read_solver
 from caffelike.proto import caffe_pb2
@@ -97,8 +98,7 @@ class Solver:
         self.hooks: dict[str, list] = defaultdict(list)
         self.requested_action = lambda: None  # set by the command line's signal handling
         self.history = {"train": defaultdict(list), "test": defaultdict(list), "lr": []}
-        self._losses: list[float] = []
-        self.smoothed_loss = 0.0
+        self.loss_meter = MovingAverageMeter(self.param.average_loss)  # the displayed (smoothed) loss
         self._early_exit = False
         for weights in self.param.weights:
             self.copy_weights(weights)
@@ -194,16 +194,10 @@ class Solver:
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
         return rate
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
-        n = self.param.average_loss
-        if len(self._losses) < n:
-            self._losses.append(loss)
-            size = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
-        else:
-            idx = (self.iter - start_iter) % n
-            self.smoothed_loss += (loss - self._losses[idx]) / n
-            self._losses[idx] = loss
+    @property
+    def smoothed_loss(self) -> float:
+        """Caffe's displayed loss: the mean of the last `average_loss` iteration losses since step() began."""
+        return self.loss_meter.value()
 
     def forward_backward(self) -> float:
         """One pass over the train net: Caffe's Net::ForwardBackward, gradients accumulating in the params."""
@@ -233,8 +227,8 @@ class Solver:
         """Caffe's Solver::Step: run `iters` iterations (test, forward/backward x iter_size, display, update,
         snapshot)."""
         p = self.param
-        start_iter, stop_iter = self.iter, self.iter + iters
-        self._losses, self.smoothed_loss = [], 0.0
+        stop_iter = self.iter + iters
+        self.loss_meter.reset()
         timer, iters_last = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
@@ -245,7 +239,8 @@ class Solver:
             self._fire("on_start")
             display = p.display and self.iter % p.display == 0
             loss = sum(self.forward_backward() for _ in range(p.iter_size)) / p.iter_size
-            self._update_smoothed_loss(loss, start_iter)
+            self.loss_meter.add(loss)
+            self.history["train"]["loss"].append((self.iter, self.smoothed_loss))
             self._fire("on_backward")
             if display:
                 lapse = time.perf_counter() - timer
@@ -254,7 +249,6 @@ class Solver:
                          _fmt(round(lapse, 3)), p.display, _fmt(self.smoothed_loss))
                 timer, iters_last = time.perf_counter(), self.iter
                 self._log_outputs(self.net, "Train", self._output_values(self.net))
-                self.history["train"]["loss"].append((self.iter, self.smoothed_loss))
                 if p.debug_info:
                     self._log_debug_info()
             self.apply_update(display)
@@ -276,7 +270,6 @@ class Solver:
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
-        start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -287,7 +280,7 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
                 loss = self.net.run_forward()
-            self._update_smoothed_loss(loss, start_iter)
+            self.loss_meter.add(loss)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()

@@ -1,7 +1,27 @@
-"""Layers that bring data into the net.  For now: Input (the later data layers come with training)."""
+"""Layers that bring data into the net (no bottoms): Input, Data, ImageData, HDF5Data, MemoryData, DummyData.
+
+Each returns float32 tops on the layer's device (a non-persistent `_device_anchor` buffer follows `net.to()`).
+Data and ImageData prepare their batches ahead of use on worker threads (caffelike.prefetch) in exactly the
+order a synchronous read would give; `data_param.prefetch` sets how many batches are in flight (Caffe's
+default 4; 0 reads synchronously inside forward, a caffelike extension).  None of these layers has a backward.
+Top shapes come from setup (the first record), never from consuming data.
+"""
 from __future__ import annotations
 
-from caffelike.layers.base import Layer, register
+import importlib.util
+import logging
+import os
+
+import numpy as np
+import torch
+
+from caffelike.datum import DatumDB, datum_pixels, parse_datum, read_image
+from caffelike.layers.base import Layer, register, shape_str
+from caffelike.prefetch import Prefetcher
+from caffelike.proto import caffe_pb2
+from caffelike.transformer import DataTransformer, caffe_rng_rand, new_generator
+
+log = logging.getLogger("caffelike")
 
 
 @register("Input")
@@ -26,3 +46,478 @@ class Input(Layer):
 
     def forward(self):
         raise RuntimeError("Input layers are not run; their tops are set from outside the net")
+
+
+# ----------------------------------------------------------------------------------------------- shared plumbing
+class _Source(Layer):
+    """A layer that produces its tops from outside the net: no bottoms, no backward, shapes known at setup."""
+
+    exact_bottoms = 0
+    backward_free = True
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self._shapes: list[tuple[int, ...]] = []
+
+    @property
+    def where(self) -> str:
+        return f'{self.type} layer "{self.layer_name}"'
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def infer_top_shapes(self, bottom_shapes):
+        return list(self._shapes)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        device = self._device_anchor.device
+        if t.device == device:
+            return t
+        if device.type == "cuda" and t.device.type == "cpu":
+            if not t.is_pinned():
+                t = t.pin_memory()
+            return t.to(device, non_blocking=True)
+        return t.to(device)
+
+    def _tops(self, tensors: list[torch.Tensor]):
+        self._shapes = [tuple(t.shape) for t in tensors]
+        tensors = [self._to_device(t) for t in tensors]
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+class _Prefetching(_Source):
+    """Data and ImageData: `_plan()` picks the next batch's records and random draws (sequential), `_build(job)`
+    decodes and transforms them (worker threads)."""
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        self._prefetcher: Prefetcher | None = None
+        self._pin = False
+        self._item_size: int | None = None
+        self.batches_served = 0
+
+    def _start(self, batch_size: int) -> None:
+        if batch_size <= 0:
+            self.fail("Positive batch size required (batch_size must be > 0)")
+        self.batch_size = batch_size
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.where)
+
+    def _prefetch(self) -> Prefetcher:
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher(self._plan, self._build, depth=int(self.param.data_param.prefetch),
+                                          name=self.layer_name or self.type, item_size=self._item_size)
+        return self._prefetcher
+
+    def _batch(self, job, read) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill a batch from job = (items, draws): read(item) -> (pixels CHW, label, where); the batch shape is
+        the first item's, as Caffe reshapes each batch from its first record."""
+        items, draws = job
+        data = None
+        labels = np.empty(len(items), dtype=np.float32)
+        for i, item in enumerate(items):
+            pixels, label, where = read(item)
+            if data is None:
+                self.transformer.check(pixels.shape, where)
+                data = np.empty((len(items),) + self.transformer.output_shape(pixels.shape), dtype=np.float32)
+            self.transformer(pixels, None if draws is None else draws[i], out=data[i], where=where)
+            labels[i] = label
+        data_t, labels_t = torch.from_numpy(data), torch.from_numpy(labels)
+        if self._pin:
+            data_t, labels_t = data_t.pin_memory(), labels_t.pin_memory()
+        return data_t, labels_t
+
+    def forward(self):
+        self._pin = self._device_anchor.device.type == "cuda"
+        data, labels = self._prefetch().next()
+        self.batches_served += 1
+        return self._tops([data, labels][:len(self.param.top)])
+
+    def skip_batches(self, n: int) -> None:
+        """Move on n batches without building them (the records and random draws are consumed as if they had
+        been read): how a resumed training run continues where the interrupted one stopped."""
+        self._prefetch().skip(n)
+        self.batches_served += n
+
+    def close(self) -> None:
+        """Stop the prefetch workers (also done when the layer is garbage-collected)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+
+# ------------------------------------------------------------------------------------------------------- Data
+@register("Data")
+class Data(_Prefetching):
+    """Datums from an LMDB, in key order, wrapping around at the end ("Restarting data prefetching from start.").
+
+    top 0: data (batch_size, C, crop or H, crop or W), transformed by transform_param (DataTransformer).
+    top 1 (optional): label (batch_size,), the Datums' labels as floats.
+    data_param: source (LMDB directory, relative to the working directory), batch_size, backend, rand_skip,
+    prefetch.  Raw uint8 `data`, `float_data` and encoded (PNG/JPEG) Datums are read; encoded ones are decoded
+    to BGR / gray as OpenCV would (transform_param force_color / force_gray apply to them).
+
+    Differences from Caffe: `backend: LEVELDB` (the proto default) is accepted when the source is an LMDB
+    directory, and refused with advice to convert otherwise (LevelDB is not supported).  `rand_skip` skips
+    Rand(rand_skip) records at the start as older Caffe did; BVLC Caffe 1.0's DataLayer ignores it.  The
+    shape of every batch is that of its first record, as in Caffe; shapes known at net setup come from the
+    database's first record.  Multi-GPU striding (solver_rank) does not apply.
+    """
+
+    min_tops = 1
+    max_tops = 2
+
+    def setup(self, bottom_shapes):
+        p, t = self.param.data_param, self.param.transform_param
+        self._start(int(p.batch_size))
+        # Plain attributes for what the worker threads read (protobuf messages are left to this thread).
+        self._force = (bool(t.force_color), bool(t.force_gray))
+        self.db = DatumDB(p.source, p.backend, self.where)
+        if p.rand_skip:
+            skip = caffe_rng_rand() % p.rand_skip
+            log.info("Skipping first %d data points.", skip)
+            self.db.skip(skip)
+        key, value = self.db.peek()
+        pixels, _, where = self._read((key, value))
+        if any(self._force) and not parse_datum(value, where).encoded:
+            log.error("force_color and force_gray only for encoded datum")
+        self.transformer.check(pixels.shape, where)
+        shape = (self.batch_size,) + self.transformer.output_shape(pixels.shape)
+        log.info("output data size: %s", ",".join(str(d) for d in shape))
+        self._shapes = [shape, (self.batch_size,)][:len(self.param.top)]
+        self._item_size = pixels.size
+
+    def _read(self, record):
+        key, value = record
+        where = f"{self.where}: record {key.decode('utf-8', 'backslashreplace')!r} of {self.db.source!r}"
+        datum = parse_datum(value, where)
+        return datum_pixels(datum, *self._force, where=where), datum.label, where
+
+    def _plan(self):
+        return self.db.read(self.batch_size), self.transformer.draw(self.batch_size)
+
+    def _build(self, job):
+        return self._batch(job, self._read)
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+
+
+# -------------------------------------------------------------------------------------------------- ImageData
+@register("ImageData")
+class ImageData(_Prefetching):
+    """Image files listed in a text file, one `path label` per line (split at the last space).
+
+    top 0: data (batch_size, 3 or 1, H, W) (after transform_param), top 1: label (batch_size,).
+    image_data_param: source (the list), root_folder (prefixed to every path), batch_size, is_color (BGR, or
+    1 channel), new_height/new_width (both or neither; resize with OpenCV's INTER_LINEAR arithmetic,
+    reimplemented in numpy), shuffle (at the start and at every wrap-around), rand_skip (skip Rand(rand_skip)
+    lines at the start).  Paths are relative to the working directory.  data_param.prefetch applies, as in Caffe.
+
+    Differences from Caffe: images are decoded by Pillow (see caffelike.datum.decode_image for where it can
+    differ from OpenCV); blank lines of the list are skipped and a line without a label is an error.
+    """
+
+    exact_tops = 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.image_data_param
+        self._start(int(p.batch_size))
+        if (p.new_height > 0) != (p.new_width > 0):
+            self.fail(f"new_height and new_width must both be set or both be 0, got new_height {p.new_height} "
+                      f"and new_width {p.new_width}")
+        self.lines = self._read_list(p.source)
+        self._reading = (p.source, p.root_folder, bool(p.is_color), int(p.new_height), int(p.new_width))
+        log.info("A total of %d images.", len(self.lines))
+        self.rng = new_generator() if p.shuffle else None
+        if self.rng is not None:
+            log.info("Shuffling data")
+            self._shuffle()
+        self.line_id = 0
+        if p.rand_skip:
+            skip = caffe_rng_rand() % p.rand_skip
+            log.info("Skipping first %d data points.", skip)
+            if skip >= len(self.lines):
+                self.fail(f"rand_skip drew {skip} but the list has only {len(self.lines)} lines")
+            self.line_id = skip
+        pixels, _, where = self._read(self.lines[self.line_id])
+        self.transformer.check(pixels.shape, where)
+        shape = (self.batch_size,) + self.transformer.output_shape(pixels.shape)
+        log.info("output data size: %s", ",".join(str(d) for d in shape))
+        self._shapes = [shape, (self.batch_size,)]
+        self._item_size = pixels.size
+
+    def _read_list(self, source: str) -> list[tuple[str, int, int]]:
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            self.fail(f"cannot open the image list {source!r} ({e.strerror or e}; relative paths are resolved "
+                      f"against the working directory: {os.path.abspath(source)})")
+        lines = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.rstrip()
+            if not line.strip():
+                continue
+            path, _, label = line.rpartition(" ")
+            try:
+                lines.append((path, int(label), number))
+            except ValueError:
+                self.fail(f"{source} line {number}: expected '<path> <integer label>', got {line!r}")
+            if not path:
+                self.fail(f"{source} line {number}: expected '<path> <integer label>', got {line!r}")
+        if not lines:
+            self.fail(f"the image list {source!r} is empty")
+        return lines
+
+    def _shuffle(self) -> None:
+        order = self.rng.permutation(len(self.lines))
+        self.lines = [self.lines[i] for i in order]
+
+    def _read(self, line):
+        source, root, is_color, new_height, new_width = self._reading
+        path, label, number = line
+        where = f"{self.where}: {source} line {number}"
+        return read_image(root + path, is_color, new_height, new_width, where), label, where
+
+    def _plan(self):
+        items = []
+        for _ in range(self.batch_size):
+            items.append(self.lines[self.line_id])
+            self.line_id += 1
+            if self.line_id >= len(self.lines):
+                log.debug("Restarting data prefetching from start.")
+                self.line_id = 0
+                if self.rng is not None:
+                    self._shuffle()
+        return items, self.transformer.draw(self.batch_size)
+
+    def _build(self, job):
+        return self._batch(job, self._read)
+
+
+# --------------------------------------------------------------------------------------------------- HDF5Data
+@register("HDF5Data")
+class HDF5Data(_Source):
+    """Rows of HDF5 datasets: `hdf5_data_param.source` is a text file listing .h5 files (whitespace-separated,
+    relative to the working directory); each top reads the dataset of the same name.
+
+    top k: (batch_size,) + dataset.shape[1:], float32 (integer datasets are converted).  Rows are taken in
+    order, file after file, wrapping around.  shuffle: the file order is permuted at every pass over the
+    files and the rows of a file each time it is (re)entered.  transform_param is an error (HDF5Data does not
+    transform).  Needs h5py.  Every file is read whole into memory, as in Caffe.
+    """
+
+    min_tops = 1
+
+    def setup(self, bottom_shapes):
+        p = self.param.hdf5_data_param
+        if self.param.HasField("transform_param"):
+            self.fail("HDF5Data does not transform data (remove transform_param)")
+        if p.batch_size <= 0:
+            self.fail("batch_size must be > 0")
+        if importlib.util.find_spec("h5py") is None:
+            self.fail("needs the h5py package to read HDF5 files (pip install h5py)")
+        try:
+            with open(p.source, encoding="utf-8") as f:
+                self.files = f.read().split()
+        except OSError as e:
+            self.fail(f"cannot open the HDF5 file list {p.source!r} ({e.strerror or e}; relative paths are "
+                      f"resolved against the working directory: {os.path.abspath(p.source)})")
+        log.info("Loading list of HDF5 filenames from: %s", p.source)
+        if not self.files:
+            self.fail(f"Must have at least 1 HDF5 filename listed in {p.source}")
+        log.info("Number of HDF5 files: %d", len(self.files))
+        self.rng = new_generator() if p.shuffle else None
+        self.file_order = np.arange(len(self.files))
+        if self.rng is not None:
+            self.rng.shuffle(self.file_order)
+        self.arrays: list[np.ndarray] = []
+        self.current_file = 0
+        self._load(self.file_order[0])
+        self._shapes = [(int(p.batch_size),) + a.shape[1:] for a in self.arrays]
+
+    def _load(self, index: int) -> None:
+        import h5py
+
+        path, tops = self.files[index], list(self.param.top)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            self.fail(f"Failed opening HDF5 file {path!r} (listed in {self.param.hdf5_data_param.source}): {e}")
+        with f:
+            arrays = []
+            for name in tops:
+                ds = f.get(name)
+                if not isinstance(ds, h5py.Dataset):
+                    self.fail(f"HDF5 file {path!r} has no dataset {name!r} (each top reads the dataset of its name; "
+                              f"the file holds {sorted(f.keys())})")
+                if ds.ndim < 1 or ds.dtype.kind not in "fiub":
+                    self.fail(f"dataset {name!r} of {path!r} must be a numeric array of at least 1 axis, "
+                              f"got shape {ds.shape} {ds.dtype}")
+                arrays.append(np.asarray(ds[()], dtype=np.float32))
+        rows = arrays[0].shape[0]
+        for name, a in zip(tops, arrays):
+            if a.shape[0] != rows:
+                self.fail(f"datasets of {path!r} differ in rows: {tops[0]!r} has {rows}, {name!r} has {a.shape[0]}")
+            if self.arrays and a.shape[1:] != self.arrays[tops.index(name)].shape[1:]:
+                self.fail(f"dataset {name!r} of {path!r} has rows of shape {shape_str(a.shape[1:])}, the first "
+                          f"file's have {shape_str(self.arrays[tops.index(name)].shape[1:])}")
+        if rows == 0:
+            self.fail(f"HDF5 file {path!r} has no rows")
+        log.debug("Successfully loaded %d rows", rows)
+        self.arrays = arrays
+        self.row_order = np.arange(rows)
+        if self.rng is not None:
+            self.rng.shuffle(self.row_order)
+        self.current_row = 0
+
+    def _end_of_file(self) -> None:
+        if len(self.files) > 1:
+            self.current_file += 1
+            if self.current_file == len(self.files):
+                self.current_file = 0
+                if self.rng is not None:
+                    self.rng.shuffle(self.file_order)
+                log.debug("Looping around to first file.")
+            self._load(self.file_order[self.current_file])
+        self.current_row = 0
+        if self.rng is not None:
+            self.rng.shuffle(self.row_order)
+
+    def forward(self):
+        batch = self._shapes[0][0]
+        outs = [np.empty((batch,) + a.shape[1:], dtype=np.float32) for a in self.arrays]
+        i = 0
+        while i < batch:
+            k = min(batch - i, len(self.row_order) - self.current_row)
+            rows = self.row_order[self.current_row:self.current_row + k]
+            for out, a in zip(outs, self.arrays):
+                out[i:i + k] = a[rows]
+            i += k
+            self.current_row += k
+            if self.current_row == len(self.row_order):
+                self._end_of_file()
+        return self._tops([torch.from_numpy(o) for o in outs])
+
+
+# ------------------------------------------------------------------------------------------------- MemoryData
+@register("MemoryData")
+class MemoryData(_Source):
+    """Batches sliced from arrays handed over by `reset(data, labels)` (pycaffe's net.set_input_arrays).
+
+    top 0: data (batch_size, channels, height, width); top 1: label, (batch_size,) at setup and
+    (batch_size, 1, 1, 1) once forward has run, as in Caffe.  memory_data_param: batch_size, channels, height,
+    width.  No transformation is applied to the arrays (Caffe's Reset path); the cursor advances by batch_size
+    and wraps.  The arrays are used in place, not copied, so later changes to them are seen, as in Caffe.
+    """
+
+    exact_tops = 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.memory_data_param
+        self.dims = (int(p.batch_size), int(p.channels), int(p.height), int(p.width))
+        if min(self.dims) <= 0:
+            self.fail("batch_size, channels, height, and width must be specified and positive in "
+                      f"memory_data_param, got {shape_str(self.dims)}")
+        self._shapes = [self.dims, self.dims[:1]]
+        self._data: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self.pos = 0
+
+    def reset(self, data, labels) -> None:
+        """Use `data` (float32, C-contiguous, (N, C, H, W)) and `labels` ((N,) or (N, 1, 1, 1)) from now on,
+        starting at item 0; N must be a multiple of batch_size."""
+        b, c, h, w = self.dims
+        data = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else data
+        labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        if not isinstance(data, np.ndarray) or not isinstance(labels, np.ndarray):
+            self.fail("reset needs numpy arrays for data and labels")
+        for what, a in (("data", data), ("labels", labels)):
+            if a.dtype != np.float32:
+                self.fail(f"{what} array must be float32, got {a.dtype}")
+            if not a.flags.c_contiguous:
+                self.fail(f"{what} array must be C contiguous")
+        if labels.ndim == 1:
+            labels = labels.reshape(-1, 1, 1, 1)
+        if data.ndim != 4:
+            self.fail(f"data array must be 4-d, got shape {data.shape}")
+        if data.shape[1:] != (c, h, w):
+            self.fail(f"data array has wrong shape {shape_str(data.shape)}: each item must be {c}x{h}x{w} "
+                      "(channels x height x width)")
+        if labels.ndim != 4 or labels.shape[1:] != (1, 1, 1):
+            self.fail(f"labels array must be (N,) or (N, 1, 1, 1), got {shape_str(labels.shape)}")
+        if data.shape[0] != labels.shape[0]:
+            self.fail(f"data and labels must have the same first dimension, got {data.shape[0]} and "
+                      f"{labels.shape[0]}")
+        if data.shape[0] == 0 or data.shape[0] % b:
+            self.fail(f"n must be a multiple of batch size: {data.shape[0]} items, batch_size {b}")
+        if self.param.HasField("transform_param"):
+            log.warning("MemoryData does not transform array data on Reset()")
+        self._arrays = (data, labels)  # the tensors below share their memory
+        self._data, self._labels = torch.from_numpy(data), torch.from_numpy(labels)
+        self.pos = 0
+
+    def forward(self):
+        if self._data is None:
+            self.fail("MemoryDataLayer needs to be initialized by calling Reset (pycaffe: net.set_input_arrays, "
+                      "or layer.reset(data, labels)) before forward")
+        b = self.dims[0]
+        data, labels = self._data[self.pos:self.pos + b], self._labels[self.pos:self.pos + b]
+        self.pos = (self.pos + b) % self._data.shape[0]
+        return self._tops([data, labels])
+
+
+# -------------------------------------------------------------------------------------------------- DummyData
+@register("DummyData")
+class DummyData(_Source):
+    """Tops filled by fillers.
+
+    dummy_data_param: `shape` (once, or once per top) or the legacy num/channels/height/width (each once or
+    once per top; mixing the two is an error); `data_filler` none (constant 0), one (shared) or one per top.
+    Constant-filled tops are filled once at setup and then kept, as in Caffe (so a value written into such a
+    blob stays); all others are refilled at every forward (from torch's seeded generator).
+    """
+
+    min_tops = 1
+
+    def setup(self, bottom_shapes):
+        p = self.param.dummy_data_param
+        n = len(self.param.top)
+        if len(p.data_filler) not in (0, 1, n):
+            self.fail(f"Number of data fillers must be 0, 1 or equal to the number of tops: {n} tops, "
+                      f"{len(p.data_filler)} data_filler")
+        fillers = list(p.data_filler) or [caffe_pb2.FillerParameter(type="constant", value=0)]
+        legacy = [list(getattr(p, f)) for f in ("num", "channels", "height", "width")]
+        if any(legacy):
+            if len(p.shape):
+                self.fail("Both shape and legacy fields were specified")
+            for name, values in zip(("num", "channels", "height", "width"), legacy):
+                if len(values) not in (1, n):
+                    self.fail(f"Must specify '{name}' once, or once per top blob ({n}); specified {len(values)}.")
+            shapes = [tuple(int(v[i if len(v) > 1 else 0]) for v in legacy) for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):
+                self.fail(f"Must specify 'shape' once, or once per top blob ({n}); specified {len(p.shape)}.")
+            shapes = [tuple(int(d) for d in p.shape[i if len(p.shape) > 1 else 0].dim) for i in range(n)]
+        self._shapes = shapes
+        self.fillers = [fillers[i if len(fillers) > 1 else 0] for i in range(n)]
+        from caffelike.fillers import fill
+
+        for i, (shape, filler) in enumerate(zip(shapes, self.fillers)):
+            if filler.type == "constant":
+                self.register_buffer(f"constant_{i}", fill(shape, filler), persistent=False)
+
+    def forward(self):
+        from caffelike.fillers import fill
+
+        device = self._device_anchor.device
+        tops = []
+        for i, (shape, filler) in enumerate(zip(self._shapes, self.fillers)):
+            if filler.type == "constant":
+                tops.append(getattr(self, f"constant_{i}"))
+            else:
+                tops.append(fill(shape, filler).to(device))
+        return tops[0] if len(tops) == 1 else tuple(tops)

@@ -72,9 +72,19 @@ def test_bad_model_path_is_reported(capsys):
     assert "Could not open file /nope.prototxt" in capsys.readouterr().err
 
 
-def test_digits_classifies_the_bundled_digits(capsys):
-    assert main(["digits", "--count", "200"]) == 0
+def test_digits_trains_lenet_on_the_bundled_digits(tmp_path, capsys):
+    assert main(["digits", "--out", str(tmp_path), "--max_iter", "60"]) == 0
     out = capsys.readouterr().out
-    accuracy = float(re.search(r"accuracy: ([\d.]+)", out).group(1))
-    assert accuracy > 0.9, out
+    accuracy = float(re.search(r"test accuracy on the 1000 held-out digits: ([\d.]+)", out).group(1))
+    assert accuracy > 0.8, out
+    assert (tmp_path / "lenet_iter_60.caffemodel").exists() and (tmp_path / "lenet_curves.png").exists()
+    # A second run reuses the LMDBs it wrote.
+    assert main(["digits", "--out", str(tmp_path), "--max_iter", "1"]) == 0
+
+
+def test_digits_pretrained_scores_the_shipped_weights(capsys):
+    assert main(["digits", "--pretrained"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
+    assert accuracy > 0.95, out
     assert zoo.path("lenet", "lenet.prototxt") in out

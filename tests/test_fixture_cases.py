@@ -20,6 +20,8 @@ def replay(case: Case):
     net = caffe.Net(str(case.path / "net.prototxt"), phase, **weights)
     for name in meta["inputs"]:
         net.blobs[name].data[...] = case.data(name)
+    if meta.get("pre_forward", "").startswith("net.set_input_arrays"):
+        net.set_input_arrays(case.arrays["memory_data/data"], case.arrays["memory_data/labels"])
     net.forward()
     return net
 

@@ -7,7 +7,7 @@ import torch
 
 import caffelike as caffe
 from caffelike.layers.base import layer_class
-from helpers import as_tuple, check_gradient, make_layer
+from helpers import FIXTURES, as_tuple, check_gradient, make_layer
 
 
 def normal(*shape, seed=0):
@@ -34,6 +34,16 @@ CASES = {
                     lambda: [normal(2, 4, 5, 5)], {}),
     "Crop": ('type: "Crop" crop_param { offset: 1 }', lambda: [normal(2, 3, 5, 5), normal(2, 3, 3, 3)],
              {"grad_bottoms": [0]}),
+    "Data": ('type: "Data" top: "data" top: "label" transform_param { scale: 0.0125 crop_size: 24 } '
+             'data_param { source: "../../data/mnist_val_lmdb" batch_size: 4 backend: LMDB }', lambda: [], None),
+    "DummyData": ('type: "DummyData" top: "a" top: "b" dummy_data_param { shape { dim: 2 dim: 3 } '
+                  'data_filler { type: "gaussian" } }', lambda: [], None),
+    "HDF5Data": ('type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "h5list.txt" batch_size: 3 }',
+                 lambda: [], None),
+    "ImageData": ('type: "ImageData" top: "data" top: "label" image_data_param { source: "images.txt" '
+                  'batch_size: 2 is_color: false }', lambda: [], None),
+    "MemoryData": ('type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 channels: 1 '
+                   'height: 3 width: 4 }', lambda: [], None),
     "Deconvolution": ('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 stride: 2 '
                       'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
                       lambda: [normal(2, 3, 3, 3)], {}),
@@ -65,13 +75,21 @@ CASES = {
 }
 
 
+# Source layers that read files run in the fixture folder holding them (Caffe resolves paths against the cwd).
+CWD = {"Data": "data_lmdb_transform", "HDF5Data": "hdf5data", "ImageData": "imagedata"}
+
+
 def test_every_registered_type_has_a_case():
     missing = sorted(set(caffe.layer_type_list()) - set(CASES))
     assert not missing, f"registered types without a registry test case: {missing}"
 
 
 @pytest.mark.parametrize("type_name", sorted(CASES))
-def test_builds_and_runs_forward(type_name):
+def test_builds_and_runs_forward(type_name, monkeypatch):
+    if type_name in CWD:
+        if type_name == "HDF5Data":
+            pytest.importorskip("h5py")
+        monkeypatch.chdir(FIXTURES / "layers" / CWD[type_name])
     text, bottoms, _ = CASES[type_name]
     xs = bottoms()
     layer = make_layer(text, [x.shape for x in xs], caffe.TRAIN if type_name == "Dropout" else caffe.TEST)
@@ -79,6 +97,8 @@ def test_builds_and_runs_forward(type_name):
     if type_name == "Input":
         assert layer.infer_top_shapes([]) == [(2, 3)]
         return
+    if type_name == "MemoryData":
+        layer.reset(np.zeros((4, 1, 3, 4), np.float32), np.arange(4, dtype=np.float32))
     tensors = [torch.as_tensor(x, dtype=torch.float32) for x in xs]
     tops = as_tuple(layer(*tensors))
     assert [tuple(t.shape) for t in tops] == layer.infer_top_shapes([x.shape for x in xs])

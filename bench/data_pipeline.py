@@ -1,0 +1,85 @@
+"""Throughput of the Data layer on the fixture MNIST LMDB (PNG-encoded Datums): decode + DataTransformer
+(scale 0.00390625, as in BVLC's lenet_train_test), batch 64, read synchronously (prefetch: 0) and prefetched by
+worker threads (prefetch: 4).
+
+    python bench/data_pipeline.py [--batches 100] [--batch-size 64] [--workers N]
+
+Prints images/s for each mode and the per-image cost of each stage (Datum parse, PNG decode, transform).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+import caffelike as caffe
+from caffelike import prefetch
+from caffelike.datum import DatumDB, datum_pixels, parse_datum
+from caffelike.proto import caffe_pb2
+from caffelike.transformer import DataTransformer
+
+SOURCE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data" / "mnist_train_lmdb"
+
+
+def data_layer(batch_size: int, depth: int):
+    text = (f'layer {{ name: "mnist" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.00390625 }} '
+            f'data_param {{ source: "{SOURCE}" batch_size: {batch_size} backend: LMDB prefetch: {depth} }} }}')
+    net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
+    return net.layer_list[0]
+
+
+def images_per_second(batch_size: int, batches: int, depth: int) -> float:
+    layer = data_layer(batch_size, depth)
+    with torch.no_grad():
+        layer()  # start-up (threads, first batches) is not what we measure
+        start = time.perf_counter()
+        for _ in range(batches):
+            layer()
+        elapsed = time.perf_counter() - start
+    layer.close()
+    return batches * batch_size / elapsed
+
+
+def stage_costs(n: int = 2000) -> dict[str, float]:
+    """Microseconds per image of each stage, single-threaded."""
+    db = DatumDB(str(SOURCE))
+    records = db.read(n)
+    t = DataTransformer(caffe_pb2.TransformationParameter(scale=0.00390625), caffe.TRAIN)
+    t0 = time.perf_counter()
+    datums = [parse_datum(v) for _, v in records]
+    t1 = time.perf_counter()
+    pixels = [datum_pixels(d) for d in datums]
+    t2 = time.perf_counter()
+    out = np.empty((1, 28, 28), np.float32)
+    for p in pixels:
+        t(p, out=out)
+    t3 = time.perf_counter()
+    db.close()
+    return {"parse": (t1 - t0) / n * 1e6, "decode": (t2 - t1) / n * 1e6, "transform": (t3 - t2) / n * 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=None, help="prefetch worker threads (default: "
+                    "caffelike.prefetch.default_workers, which gives 1 for 28x28 images)")
+    args = ap.parse_args()
+    prefetch.WORKERS = args.workers
+    torch.set_num_threads(1)
+    costs = stage_costs()
+    print(f"per image: parse {costs['parse']:.1f} us, PNG decode {costs['decode']:.1f} us, "
+          f"transform {costs['transform']:.1f} us")
+    sync = images_per_second(args.batch_size, args.batches, 0)
+    print(f"synchronous (prefetch: 0): {sync:10.0f} images/s")
+    ahead = images_per_second(args.batch_size, args.batches, 4)
+    print(f"prefetched  (prefetch: 4, {prefetch.default_workers(4, 28 * 28)} workers): {ahead:10.0f} images/s "
+          f"({ahead / sync:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
