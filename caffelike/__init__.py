@@ -9,13 +9,14 @@ from caffelike.layers import layer_type_list
 from caffelike.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from caffelike.graph import NetGraph
 from caffelike.net import Net
+from caffelike.pylayer import Layer, TorchLayer
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 __version__ = "0.1.0"
 
 __all__ = [
-    "Net", "NetGraph", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
+    "Net", "NetGraph", "Layer", "TorchLayer", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
     "set_device", "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
 ]
 

@@ -13,6 +13,7 @@ ways of running it.
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -84,7 +85,10 @@ class NetGraph(nn.Module):
         self.inputs: list[str] = []
         self.learnable: list[LearnableParam] = []
         self._tape: dict[int, tuple[list, tuple]] = {}
-        self._build()
+        from caffelike.layers.python import net_folder
+
+        with net_folder(os.path.dirname(source) if os.path.exists(source) else None):
+            self._build()
 
     # ------------------------------------------------------------------------------------------------------ building
     @property

@@ -5,6 +5,8 @@ Caffe computed them; see tests/fixtures/README.md.  Cases whose layer types caff
 are skipped with the missing types named.
 """
 
+import random
+
 import pytest
 
 import caffelike as caffe
@@ -20,6 +22,8 @@ def replay(case: Case):
     net = caffe.Net(str(case.path / "net.prototxt"), phase, **weights)
     for name in meta["inputs"]:
         net.blobs[name].data[...] = case.data(name)
+    if meta.get("pre_forward") == "random.seed(0)":
+        random.seed(0)  # the Python layer draws from Python's global random
     if meta.get("pre_forward", "").startswith("net.set_input_arrays"):
         net.set_input_arrays(case.arrays["memory_data/data"], case.arrays["memory_data/labels"])
     net.forward()
