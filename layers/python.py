@@ -98,12 +98,15 @@ class _PythonFunction(torch.autograd.Function):
         ctx.devices = [(b.device, b.dtype) for b in bottoms]
         device, dtype = (bottoms[0].device, bottoms[0].dtype) if bottoms else (layer.device, torch.float32)
         ctx.n_bottoms = n_bottoms
-        return tuple(torch.from_numpy(np.ascontiguousarray(t)).to(device=device, dtype=dtype) for t in tops)
+        # (np.ascontiguousarray would turn a 0-d top into shape (1,))
+        return tuple(torch.from_numpy(t if t.flags.c_contiguous else t.copy()).to(device=device, dtype=dtype)
+                     for t in tops)
 
     @staticmethod
     def backward(ctx, *top_grads):
         layer = ctx.layer
-        top_diffs = [np.zeros_like(d) if g is None else _host(g) for d, g in zip(ctx.top_data, top_grads)]
+        top_diffs = [np.zeros_like(d) if g is None else _host(g).reshape(d.shape)
+                     for d, g in zip(ctx.top_data, top_grads)]
         propagate = [bool(x) for x in ctx.needs_input_grad[2:2 + ctx.n_bottoms]]
         diffs = layer.run_user_backward(ctx.top_data, top_diffs, propagate, ctx.bottom_data)
         out = [None, None]

@@ -15,6 +15,19 @@ def add_net_flags(p: argparse.ArgumentParser, default_phase: str) -> None:
     p.add_argument("--phase", default=default_phase, help="network phase (TRAIN or TEST)")
     p.add_argument("--level", type=int, default=0, help="network level")
     p.add_argument("--stage", default="", help="comma-separated network stages")
+    add_python_path_flag(p)
+
+
+def add_python_path_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--python-path", "--python_path", action="append", default=[], dest="python_path",
+                   metavar="DIR", help="a folder to search for Python-layer modules (repeatable)")
+
+
+def apply_python_path(args) -> None:
+    from caffelike.layers.python import add_python_path
+
+    for folder in getattr(args, "python_path", []) or []:
+        add_python_path(folder)
 
 
 def phase_of(name: str) -> int:
@@ -33,6 +46,7 @@ def load_net(args, weights: str | None):
 
     from caffelike import runtime
 
+    apply_python_path(args)
     device = parse_gpu_flag(args.gpu)
     if device.type == "cuda":
         runtime.set_device(device.index)

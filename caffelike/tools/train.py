@@ -11,7 +11,7 @@ from caffelike.errors import CaffeError
 from caffelike.prototxt import read_solver
 from caffelike.proto import caffe_pb2
 from caffelike.signals import EFFECTS, SignalHandler
-from caffelike.tools.common import stages_of
+from caffelike.tools.common import add_python_path_flag, apply_python_path, stages_of
 
 log = logging.getLogger("caffelike")
 
@@ -25,6 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--level", type=int, default=0, help="the train net's level")
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does")
     p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS, help="what SIGHUP does")
+    add_python_path_flag(p)
     p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
                                                 "_curves.png)")
 
@@ -72,6 +73,7 @@ def run(args) -> int:
 
     if args.snapshot and args.weights:
         raise CaffeError("Give a snapshot to resume training or weights to finetune but not both.")
+    apply_python_path(args)
     param = read_solver(args.solver)
     param.train_state.level = args.level
     param.train_state.stage.extend(stages_of(args.stage))
