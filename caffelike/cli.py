@@ -23,7 +23,8 @@ COMMANDS = {
     "test": ("caffelike.tools.test_net", "score a model by running it for --iterations batches"),
     "time": ("caffelike.tools.time_net", "benchmark a model's forward and backward passes per layer"),
     "device_query": ("caffelike.tools.device_query", "show the CUDA devices torch can use"),
-    "digits": ("caffelike.tools.digits", "classify the bundled MNIST digits with the zoo's LeNet"),
+    "tutorial": ("caffelike.tools.tutorial", "reproduce DIGITS' Python-layer occlusion tutorial end to end"),
+    "digits": ("caffelike.tools.digits", "train LeNet on the bundled MNIST digits and report its test accuracy"),
     "convert_imageset": ("caffelike.tools.convert_imageset", "convert a list of images to an LMDB of Datums"),
     "compute_image_mean": ("caffelike.tools.compute_image_mean", "compute the mean image of a Datum database"),
 }
