@@ -10,13 +10,16 @@ from caffelike.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random
 from caffelike.graph import NetGraph
 from caffelike.net import Net
 from caffelike.pylayer import Layer, TorchLayer
+from caffelike.net_spec import NetSpec, layers, params, to_proto
+from caffelike import io  # noqa: E402  (pycaffe's caffe.io)
+from caffelike.classifier import Classifier
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 __version__ = "0.1.0"
 
 __all__ = [
-    "Net", "NetGraph", "Layer", "TorchLayer", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
+    "Net", "NetGraph", "Layer", "TorchLayer", "NetSpec", "layers", "params", "to_proto", "io", "Classifier", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
     "set_device", "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
 ]
 

@@ -27,6 +27,10 @@ COMMANDS = {
     "digits": ("caffelike.tools.digits", "train LeNet on the bundled MNIST digits and report its test accuracy"),
     "convert_imageset": ("caffelike.tools.convert_imageset", "convert a list of images to an LMDB of Datums"),
     "compute_image_mean": ("caffelike.tools.compute_image_mean", "compute the mean image of a Datum database"),
+    "draw": ("caffelike.tools.draw_net", "draw a net's graph (PNG/SVG/PDF via graphviz, or DOT text)"),
+    "dataset": ("caffelike.tools.dataset", "create a DIGITS image-classification dataset (LMDBs, mean, labels)"),
+    "classify": ("caffelike.tools.classify", "classify an image with a deploy net (top-5), optionally writing a "
+                                             "DIGITS-style visual report"),
 }
 
 _SINGLE_DASH = re.compile(r"^-([A-Za-z_][A-Za-z0-9_]+)(=.*)?$")

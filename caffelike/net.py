@@ -204,6 +204,8 @@ class Net(NetGraph):
         """The torch way: tensors in, the net's output tensors out, differentiable end to end."""
         return NetGraph.forward(self, **inputs)
 
+    from caffelike.batching import _batch, forward_all, forward_backward_all  # pycaffe attaches these to Net
+
     def _forward(self, start: int, end: int) -> float:
         return self.run_forward(start, end)
 

@@ -61,6 +61,9 @@ CASES = {
     "Pooling": ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
                 lambda: [normal(2, 2, 5, 5)], {}),
     "Power": ('type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }', lambda: [normal(2, 3)], {}),
+    # A pycaffe layer brings its own backward (checked in test_python_layer.py); this one is the pyloss example.
+    "Python": ('type: "Python" top: "loss" python_param { module: "pyloss" layer: "EuclideanLossLayer" }',
+               lambda: [normal(3, 4), normal(3, 4, seed=1)], None),
     "ReLU": ('type: "ReLU" relu_param { negative_slope: 0.1 }', lambda: [away_from_zero(2, 3, 4)], {}),
     "Reshape": ('type: "Reshape" reshape_param { shape { dim: 0 dim: -1 } }', lambda: [normal(2, 3, 4)], {}),
     "Scale": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } }',
@@ -76,7 +79,8 @@ CASES = {
 
 
 # Source layers that read files run in the fixture folder holding them (Caffe resolves paths against the cwd).
-CWD = {"Data": "data_lmdb_transform", "HDF5Data": "hdf5data", "ImageData": "imagedata"}
+CWD = {"Data": "layers/data_lmdb_transform", "HDF5Data": "layers/hdf5data", "ImageData": "layers/imagedata",
+       "Python": "nets/python_euclidean_loss"}
 
 
 def test_every_registered_type_has_a_case():
@@ -89,7 +93,7 @@ def test_builds_and_runs_forward(type_name, monkeypatch):
     if type_name in CWD:
         if type_name == "HDF5Data":
             pytest.importorskip("h5py")
-        monkeypatch.chdir(FIXTURES / "layers" / CWD[type_name])
+        monkeypatch.chdir(FIXTURES / CWD[type_name])
     text, bottoms, _ = CASES[type_name]
     xs = bottoms()
     layer = make_layer(text, [x.shape for x in xs], caffe.TRAIN if type_name == "Dropout" else caffe.TEST)
