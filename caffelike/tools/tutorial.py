@@ -50,19 +50,15 @@ def working_directory(path: str):
 
 
 def build_dataset(args, out: str) -> dict:
-    from caffelike.digits_dataset import create_dataset
+    from caffelike.digits_dataset import FolderSource, create_dataset, mnist_idx_source
 
-    source = {}
     if args.mnist_idx:
-        source["mnist_idx"] = args.mnist_idx
+        source = mnist_idx_source(args.mnist_idx)
     elif args.folder:
-        source["folder"] = args.folder
+        source = FolderSource(args.folder)
     else:
-        source["bundled"] = True
-    options = {"seed": args.seed}
-    if args.max_per_class:
-        options["max_per_class"] = args.max_per_class
-    return create_dataset(out, **source, **options)
+        source = "bundled"
+    return create_dataset(out, source, seed=args.seed, max_per_class=args.max_per_class or None)
 
 
 def train_model(name: str, dataset: str, job: str, epochs: int, seed: int) -> dict:
@@ -99,8 +95,22 @@ def combined_curves(results: dict, path: str) -> None:
     plot_training(path, train, test, results["occlusion_lenet"]["solver"].history["lr"])
 
 
+def first_record(db_path: str):
+    """(key, uint8 CHW pixels) of the first Datum of an LMDB."""
+    from caffelike.datum import DatumDB, datum_pixels, parse_datum
+
+    db = DatumDB(db_path)
+    try:
+        key, value = db.peek()
+        return key.decode(), datum_pixels(parse_datum(value, key.decode()))
+    finally:
+        db.close()
+
+
 def run(args) -> int:
-    from caffelike.visualize import classify_image, write_report
+    from caffelike.net import Net
+    from caffelike.proto import caffe_pb2
+    from caffelike.visualize import classify_pixels, write_report
 
     device = runtime.parse_gpu_flag(args.gpu)
     if device.type == "cuda":
@@ -116,19 +126,17 @@ def run(args) -> int:
     curves = os.path.join(out, "curves.png")
     combined_curves(results, curves)
 
-    # "Test a single image" on the occlusion model, with visualizations and statistics.
-    with open(os.path.join(dataset, "val.txt")) as f:
-        image = f.readline().rsplit(" ", 1)[0]
+    # "Test a single image" on the occlusion model, with visualizations and statistics: the first validation
+    # image, read back from the dataset as the net saw it in training.
+    key, pixels = first_record(os.path.join(dataset, "val_db"))
+    image = f"val_db/{key}"
     occ = results["occlusion_lenet"]
-    from caffelike.net import Net
-    from caffelike.proto import caffe_pb2
-
-    job = os.path.dirname(occ["deploy"])
-    with working_directory(job):
+    with working_directory(os.path.dirname(occ["deploy"])):  # where DIGITS keeps digits_python_layers.py
         net = Net(occ["deploy"], caffe_pb2.TEST, weights=occ["weights"])
-        top5, net = classify_image(net, image, mean=os.path.join(dataset, "mean.binaryproto"),
-                                   labels=os.path.join(dataset, "labels.txt"))
-    report = write_report(net, image, top5, os.path.join(out, "report"))
+        top5 = classify_pixels(net, pixels, mean=os.path.join(dataset, "mean.binaryproto"),
+                               labels=os.path.join(dataset, "labels.txt"))
+    report = write_report(net, os.path.join(out, "report"), top5, pixels,
+                          info={"model": "occlusion LeNet (BlankSquare Python layer)", "image": image})
 
     summary = {
         "plain_val_accuracy": results["plain_lenet"]["val_accuracy"],
@@ -139,7 +147,7 @@ def run(args) -> int:
         "weights": {n: os.path.relpath(r["weights"], out) for n, r in results.items()},
         "epochs": args.epochs,
         "classified_image": image,
-        "top5": [[label, float(p)] for label, p in top5],
+        "top5": [[p.label, float(p.probability)] for p in top5],
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
