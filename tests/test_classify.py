@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import caffelike as caffe
-from caffelike import visualize, zoo
+from caffelike import classify, pictures, visualize, zoo
 from caffelike.cli import main
 from caffelike.data import mnist_5k
 from caffelike.errors import CaffeError
@@ -55,8 +55,8 @@ def report(tmp_path_factory, lenet, labels_file):
     """A report of zoo LeNet on a held-out '7'."""
     folder = tmp_path_factory.mktemp("report")
     image, _ = save_digit(folder, 3500)
-    top, net = visualize.classify_image(lenet, image, labels=labels_file, scale=SCALE)
-    pixels = visualize.load_image(image, 28, 28, color=False)
+    top, net = classify.classify_image(lenet, image, labels=labels_file, scale=SCALE)
+    pixels = classify.load_image(image, 28, 28, color=False)
     path = visualize.write_report(net, str(folder / "out"), top, pixels, {"model": MODEL, "image": image})
     return pathlib.Path(path), top
 
@@ -65,7 +65,7 @@ def report(tmp_path_factory, lenet, labels_file):
 @pytest.mark.parametrize("index", [0, 1500, 3500, 4500], ids=["0", "3", "7", "9"])
 def test_lenet_classifies_a_bundled_digit(tmp_path, lenet, labels_file, index):
     image, label = save_digit(tmp_path, index)
-    top, net = visualize.classify_image(lenet, image, labels=labels_file, scale=SCALE)
+    top, net = classify.classify_image(lenet, image, labels=labels_file, scale=SCALE)
     assert net is lenet
     assert len(top) == 5
     assert top[0].index == label and top[0].label == NAMES[label]
@@ -85,7 +85,7 @@ def test_mean_is_subtracted_before_the_scale(tmp_path, lenet):
     bp.data.extend(mean.ravel().tolist())
     mean_file = tmp_path / "mean.binaryproto"
     mean_file.write_bytes(bp.SerializeToString())
-    visualize.classify_image(lenet, image, mean=str(mean_file), scale=SCALE)
+    classify.classify_image(lenet, image, mean=str(mean_file), scale=SCALE)
     expected = (pixels[None] - mean) * np.float32(SCALE)
     np.testing.assert_array_equal(lenet.blobs["data"].data[0], expected)
 
@@ -96,15 +96,15 @@ def test_a_mean_of_another_size_is_resized(tmp_path, lenet):
     bp.data.extend([7.0] * 140)
     mean_file = tmp_path / "mean.binaryproto"
     mean_file.write_bytes(bp.SerializeToString())
-    visualize.classify_image(lenet, image, mean=str(mean_file))
+    classify.classify_image(lenet, image, mean=str(mean_file))
     np.testing.assert_array_equal(lenet.blobs["data"].data[0], digit(500)[0].astype(np.float32)[None] - 7)
 
 
 def test_top_predictions_ignore_indices_past_the_labels():
     scores = np.array([0.1, 0.05, 0.5, 0.05, 0.3])
-    top = visualize.top_predictions(scores, ["a", "b", "c", "d"])
+    top = classify.top_predictions(scores, ["a", "b", "c", "d"])
     assert [(p.label, p.index) for p in top] == [("c", 2), ("a", 0), ("b", 1), ("d", 3)]
-    assert [p.label for p in visualize.top_predictions(scores)] == ["2", "4", "0", "1", "3"]
+    assert [p.label for p in classify.top_predictions(scores)] == ["2", "4", "0", "1", "3"]
 
 
 # ----------------------------------------------------------------------------------------------------- errors
@@ -112,27 +112,27 @@ def test_undecodable_image_names_the_file(tmp_path, lenet):
     bad = tmp_path / "not_an_image.png"
     bad.write_bytes(b"this is not a PNG")
     with pytest.raises(CaffeError, match=re.escape(str(bad))):
-        visualize.classify_image(lenet, str(bad))
+        classify.classify_image(lenet, str(bad))
 
 
 def test_missing_image_names_the_file(tmp_path, lenet):
     with pytest.raises(CaffeError, match="nowhere.png"):
-        visualize.classify_image(lenet, str(tmp_path / "nowhere.png"))
+        classify.classify_image(lenet, str(tmp_path / "nowhere.png"))
 
 
 def test_colour_reading_for_a_gray_net_is_refused(tmp_path, lenet):
     image, _ = save_digit(tmp_path, 0)
     with pytest.raises(CaffeError, match=r"colour \(3 channels\).*'data' has 1 channel"):
-        visualize.classify_image(lenet, image, color=True)
+        classify.classify_image(lenet, image, color=True)
 
 
 # --------------------------------------------------------------------------------------------------- pictures
 def test_jet_map_endpoints_and_middle():
-    lut = visualize.jet_lut()
+    lut = pictures.jet_lut()
     assert lut.shape == (256, 3) and lut.dtype == np.uint8
     assert tuple(lut[0]) == (0, 0, 128)      # dark blue
     assert tuple(lut[255]) == (128, 0, 0)    # dark red
-    middle = visualize.jet(np.uint8(128)).astype(int)  # level 128 is x = 0.502, a hair past the centre
+    middle = pictures.jet(np.uint8(128)).astype(int)  # level 128 is x = 0.502, a hair past the centre
     assert middle[1] == 255 and abs(middle[0] - 128) <= 2 and abs(middle[2] - 128) <= 2  # light green
     assert (lut[:96, 0] == 0).all() and (lut[160:, 2] == 0).all()  # no red below 3/8, no blue above 5/8
 
@@ -140,23 +140,23 @@ def test_jet_map_endpoints_and_middle():
 @pytest.mark.parametrize("n, grid", [(1, (1, 1)), (2, (2, 1)), (10, (4, 3)), (16, (4, 4)), (20, (5, 4)),
                                      (50, (8, 7)), (500, (23, 22))], ids=lambda v: str(v))
 def test_grid_shape(n, grid):
-    assert visualize.grid_shape(n) == grid
+    assert pictures.grid_shape(n) == grid
 
 
 def test_tiling_shape_padding_and_order():
     tiles = np.arange(20, dtype=np.uint8).reshape(20, 1, 1).repeat(5, 1).repeat(5, 2)
-    out = visualize.tile(tiles)
+    out = pictures.tile(tiles)
     assert out.shape == (5 * 6 - 1, 4 * 6 - 1)  # 5 rows x 4 columns of 5x5 tiles, 1-pixel gaps
     assert (out[5, :] == 255).all() and (out[:, 5] == 255).all()
     assert (out[0:5, 6:11] == 1).all() and (out[6:11, 0:5] == 4).all()  # row by row
-    values = visualize.tile(np.arange(10, dtype=np.uint8).reshape(10, 1, 1))
+    values = pictures.tile(np.arange(10, dtype=np.uint8).reshape(10, 1, 1))
     assert values.shape == (4, 3)  # 1x1 tiles: no gaps
     assert values[3, 0] == 9 and values[3, 1] == 255  # the unused cells are white
 
 
 def test_picture_of_conv_weights_is_a_heat_map_grid():
     weights = np.random.default_rng(0).standard_normal((20, 1, 5, 5)).astype(np.float32)
-    pic = visualize.picture(weights)
+    pic = pictures.picture(weights)
     assert pic.pixels.dtype == np.uint8 and pic.pixels.ndim == 3 and pic.pixels.shape[2] == 3
     assert pic.pixels.shape == (5 * 29, 5 * 23, 3)  # 5x4 tiles with gaps (29x23), x5 to reach 100 px
     colours = {tuple(c) for c in pic.pixels.reshape(-1, 3)}
@@ -164,19 +164,19 @@ def test_picture_of_conv_weights_is_a_heat_map_grid():
 
 
 def test_picture_of_a_wide_weight_matrix_is_stretched_to_stay_readable():
-    pic = visualize.picture(np.random.default_rng(2).standard_normal((10, 500)))
+    pic = pictures.picture(np.random.default_rng(2).standard_normal((10, 500)))
     assert pic.pixels.shape == (400, 2000, 3)  # x4 across (2400 px cap), rows x40 for at most 5:1
 
 
 def test_picture_of_an_input_blob_is_gray():
-    pic = visualize.picture(np.linspace(-1, 1, 28 * 28).reshape(1, 28, 28), "gray")
+    pic = pictures.picture(np.linspace(-1, 1, 28 * 28).reshape(1, 28, 28), "gray")
     assert pic.pixels.shape == (112, 112)
     assert pic.pixels.min() == 0 and pic.pixels.max() == 255
 
 
 def test_statistics_match_numpy():
     a = np.random.default_rng(1).standard_normal((3, 4, 5)).astype(np.float32)
-    s = visualize.Stats(a)
+    s = pictures.Stats(a)
     assert s.shape == (3, 4, 5)
     assert s.mean == pytest.approx(float(a.astype(np.float64).mean()))
     assert s.std == pytest.approx(float(a.astype(np.float64).std()))
@@ -345,7 +345,7 @@ def test_digits_deploy_net_with_mean_image(tmp_path, labels_file):
     assert list(net.inputs) == ["data"]
     image, _ = save_digit(tmp_path, 0)
     mean = np.full((1, 28, 28), 33.0, np.float32)
-    top, _ = visualize.classify_image(net, image, mean=mean, labels=labels_file)
+    top, _ = classify.classify_image(net, image, mean=mean, labels=labels_file)
     x = digit(0)[0].astype(np.float32)[None] - np.float32(33)
     np.testing.assert_array_equal(net.blobs["data"].data[0], x)
     np.testing.assert_array_equal(net.blobs["scaled"].data[0], x * np.float32(0.0125))
@@ -378,13 +378,13 @@ def test_colour_image_is_read_as_bgr_and_drawn_in_colour(tmp_path):
     rgb[:, :8, 2] = 50
     image = tmp_path / "red.png"
     Image.fromarray(rgb, "RGB").save(image)
-    top, _ = visualize.classify_image(net, str(image), mean=np.array([10, 20, 30], np.float32))  # B, G, R
+    top, _ = classify.classify_image(net, str(image), mean=np.array([10, 20, 30], np.float32))  # B, G, R
     assert len(top) == 3 and abs(sum(p.probability for p in top) - 1) < 1e-5
     data = net.blobs["data"].data
     assert data.shape == (1, 3, 12, 16)  # reshaped from a batch of 2 to one image
     np.testing.assert_array_equal(data[0, 2], np.full((12, 16), 170, np.float32))  # R is the last of B, G, R
     np.testing.assert_array_equal(data[0, 0, :, :8], np.full((12, 8), 40, np.float32))
-    pixels = visualize.load_image(str(image), 12, 16, color=True)
+    pixels = classify.load_image(str(image), 12, 16, color=True)
     visualize.write_report(net, str(tmp_path / "vis"), top, pixels)
     with Image.open(tmp_path / "vis" / "input.png") as im:
         np.testing.assert_array_equal(np.asarray(im), rgb)  # back in RGB order

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from caffelike import runtime, visualize
+from caffelike import classify, runtime, visualize
 from caffelike.proto import caffe_pb2
 
 log = logging.getLogger("caffelike")
@@ -54,12 +54,12 @@ def run(args) -> int:
         runtime.set_mode_cpu()
     net = Net(args.model, caffe_pb2.TEST, weights=args.weights)
 
-    name = visualize.input_blob(net)
+    name = classify.input_blob(net)
     _, c, h, w = net.blobs[name].data.shape
-    color = visualize.image_mode(c, args.color, name)
-    pixels = visualize.load_image(args.image, h, w, color)
-    labels = visualize.read_labels(args.labels) if args.labels else None
-    top = visualize.classify_pixels(net, pixels, args.mean or None, labels, args.scale)
+    color = classify.image_mode(c, args.color, name)
+    pixels = classify.load_image(args.image, h, w, color)
+    labels = classify.read_labels(args.labels) if args.labels else None
+    top = classify.classify_pixels(net, pixels, args.mean or None, labels, args.scale)
 
     print(f"Predictions for {args.image} (output '{list(net.outputs)[-1]}'):")
     width = max((len(p.label) for p in top), default=0)

@@ -110,7 +110,8 @@ def first_record(db_path: str):
 def run(args) -> int:
     from caffelike.net import Net
     from caffelike.proto import caffe_pb2
-    from caffelike.visualize import classify_pixels, write_report
+    from caffelike.classify import classify_pixels
+    from caffelike.visualize import write_report
 
     device = runtime.parse_gpu_flag(args.gpu)
     if device.type == "cuda":
