@@ -275,3 +275,23 @@ def test_pycaffe_solver_classes_and_get_solver(tmp_path):
     s = caffe.AdamSolver(str(solver_file))
     assert s.param.snapshot_prefix == str(tmp_path / "solver") and s.iter == 0 and s.test_nets == []
     assert s.lr == pytest.approx(0.01)
+
+
+def test_hdf5_snapshot_and_restore(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    fields = dict(type="Adam", base_lr=0.01, momentum=0.9, snapshot_prefix=str(tmp_path / "h"),
+                  snapshot_format=caffe_pb2.SolverParameter.HDF5)
+    full = make(**fields)
+    full.step(4)
+    first = make(**fields)
+    first.step(2)
+    model, state = first.snapshot()
+    assert model.endswith("h_iter_2.caffemodel.h5") and state.endswith("h_iter_2.solverstate.h5")
+    with h5py.File(model, "r") as f:
+        assert sorted(f["data"]) == ["data", "ip1", "ip2", "loss"] and f["data"]["ip1"]["0"].shape == (3, 3)
+    resumed = make(**fields)
+    resumed._pass = 2
+    resumed.restore(state)
+    resumed.step(2)
+    for a, b in zip(full.net.learnable, resumed.net.learnable):
+        assert torch.equal(a.param, b.param)
