@@ -1,4 +1,4 @@
-"""Write the zoo's deploy prototxts that are generated rather than copied: CaffeNet, VGG-16, ResNet-50,
+"""Write the zoo's deploy prototxts that are generated rather than copied: CaffeNet, GoogLeNet, VGG-16, ResNet-50,
 SqueezeNet 1.1 and MobileNet v1, each as its authors published it for Caffe, built with caffelike's NetSpec.
 
     python zoo/generate.py            # rewrites zoo/<net>/deploy.prototxt
@@ -202,7 +202,59 @@ def mobilenet_v1() -> tuple[NetSpec, dict]:
     return n, shapes
 
 
-NETS = {"caffenet": (caffenet, "CaffeNet"), "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
+def googlenet() -> tuple[NetSpec, dict]:
+    """BVLC GoogLeNet (models/bvlc_googlenet/deploy.prototxt; Szegedy et al. 2014): inception modules of 1x1,
+    3x3 and 5x5 convolutions and a pooled projection, concatenated; LRN after the stem; global 7x7 average pool."""
+    n = NetSpec()
+    _input(n, 224)
+    xav = dict(type="xavier")
+
+    def cr(bottom, name, num, k, stride=1, pad=0):
+        n[name] = conv(bottom, num, k, stride=stride, pad=pad, filler=xav)
+        relu = name.rsplit("/", 1)[0] + "/relu_" + name.rsplit("/", 1)[1] if "/" in name else name + "_relu"
+        n[relu] = L.ReLU(n[name], in_place=True)
+        return n[relu]
+
+    top = cr(n.data, "conv1/7x7_s2", 64, 7, stride=2, pad=3)
+    n["pool1/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+    n["pool1/norm1"] = L.LRN(n["pool1/3x3_s2"], local_size=5, alpha=1e-4, beta=0.75)
+    top = cr(n["pool1/norm1"], "conv2/3x3_reduce", 64, 1)
+    top = cr(top, "conv2/3x3", 192, 3, pad=1)
+    n["conv2/norm2"] = L.LRN(top, local_size=5, alpha=1e-4, beta=0.75)
+    n["pool2/3x3_s2"] = L.Pooling(n["conv2/norm2"], pool=P.Pooling.MAX, kernel_size=3, stride=2)
+    top = n["pool2/3x3_s2"]
+    modules = [("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64), "pool3",
+               ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64), ("4c", 128, 128, 256, 24, 64, 64),
+               ("4d", 112, 144, 288, 32, 64, 64), ("4e", 256, 160, 320, 32, 128, 128), "pool4",
+               ("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128)]
+    for m in modules:
+        if isinstance(m, str):
+            n[f"{m}/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+            top = n[f"{m}/3x3_s2"]
+            continue
+        tag, c1, r3, c3, r5, c5, pp = m
+        base = f"inception_{tag}"
+        b1 = cr(top, f"{base}/1x1", c1, 1)
+        b3 = cr(cr(top, f"{base}/3x3_reduce", r3, 1), f"{base}/3x3", c3, 3, pad=1)
+        b5 = cr(cr(top, f"{base}/5x5_reduce", r5, 1), f"{base}/5x5", c5, 5, pad=2)
+        n[f"{base}/pool"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=1, pad=1)
+        bp = cr(n[f"{base}/pool"], f"{base}/pool_proj", pp, 1)
+        n[f"{base}/output"] = L.Concat(b1, b3, b5, bp)
+        top = n[f"{base}/output"]
+    n["pool5/7x7_s1"] = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=7, stride=1)
+    n["pool5/drop_7x7_s1"] = L.Dropout(n["pool5/7x7_s1"], in_place=True, dropout_ratio=0.4)
+    n["loss3/classifier"] = L.InnerProduct(n["pool5/drop_7x7_s1"], num_output=1000, weight_filler=xav,
+                                           bias_filler=dict(type="constant"))
+    n.prob = L.Softmax(n["loss3/classifier"])
+    shapes = {"conv1/7x7_s2": (1, 64, 112, 112), "pool1/3x3_s2": (1, 64, 56, 56), "pool2/3x3_s2": (1, 192, 28, 28),
+              "inception_3a/output": (1, 256, 28, 28), "inception_3b/output": (1, 480, 28, 28),
+              "pool3/3x3_s2": (1, 480, 14, 14), "inception_4e/output": (1, 832, 14, 14),
+              "pool4/3x3_s2": (1, 832, 7, 7), "inception_5b/output": (1, 1024, 7, 7), "pool5/7x7_s1": (1, 1024, 1, 1),
+              "prob": (1, 1000)}
+    return n, shapes
+
+
+NETS = {"caffenet": (caffenet, "CaffeNet"), "googlenet": (googlenet, "GoogleNet"), "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
         "resnet50": (resnet50, "ResNet-50"), "squeezenet1.1": (squeezenet11, "SqueezeNet_v1.1"),
         "mobilenet_v1": (mobilenet_v1, "MobileNet-v1")}
 
