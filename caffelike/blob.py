@@ -26,7 +26,23 @@ class HostSync:
         self.pending.clear()
 
 
-class Blob:
+class LegacyShape:
+    """pycaffe's num/channels/height/width (Caffe's LegacyShape): 1 for a missing axis, an error past 4 axes."""
+
+    def _legacy(self, index: int) -> int:
+        shape = list(self.shape)
+        if len(shape) > 4:
+            raise ValueError(f"blob {getattr(self, 'name', '')!r} has {len(shape)} axes; num/channels/height/width "
+                             "need at most 4")
+        return shape[index] if index < len(shape) else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+
+class Blob(LegacyShape):
     """An activation blob.  `tensor` is the latest value (it may carry autograd history); `diff_tensor` the
     gradient Caffe keeps beside it."""
 
@@ -104,17 +120,6 @@ class Blob:
     @property
     def count(self) -> int:
         return int(self.tensor.numel())
-
-    def _legacy(self, index: int) -> int:
-        shape = self.shape
-        if len(shape) > 4:
-            raise ValueError(f"blob {self.name!r} has {len(shape)} axes; num/channels/height/width need at most 4")
-        return shape[index] if index < len(shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
 
     def reshape(self, *dims: int) -> None:
         """Give the blob a new shape (contents become zeros, as in a fresh Caffe allocation)."""

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from caffelike.blob import LegacyShape
 
-class HostBlob:
+
+class HostBlob(LegacyShape):
     """A bottom or top as pycaffe shows it to a Python layer: numpy `data` and `diff` on the host."""
 
     def __init__(self, shape=(), data: np.ndarray | None = None, diff: np.ndarray | None = None):
@@ -39,16 +41,6 @@ class HostBlob:
     @property
     def count(self) -> int:
         return int(self._data.size)
-
-    def _legacy(self, i: int) -> int:
-        if self._data.ndim > 4:
-            raise ValueError(f"blob has {self._data.ndim} axes; num/channels/height/width need at most 4")
-        return self._data.shape[i] if i < self._data.ndim else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
 
     def reshape(self, *dims: int) -> None:
         dims = tuple(int(d) for d in dims)

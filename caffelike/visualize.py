@@ -1,15 +1,6 @@
 """Show what a net did with one image, as DIGITS' "Test a single image" page does with "Show visualizations and
 statistics" (classification itself is in caffelike.classify, pictures in caffelike.pictures).
 
-Preprocessing, for a net whose single input blob is (N, C, H, W):
-  1. the image file is decoded as Caffe's DataLayer sees it: gray (C = 1) or BGR (C = 3), uint8, channel-first;
-  2. it is squashed to H x W (aspect ratio not kept) with OpenCV's INTER_LINEAR arithmetic;
-  3. x = (pixels - mean) * scale, in float32, element by element, like Caffe's DataTransformer; the mean is a
-     mean.binaryproto image, resized to H x W first when its size differs (as DIGITS does);
-  4. the input blob is reshaped to (1, C, H, W), filled, and the net run forward once.
-The last output blob is taken as the class probabilities; the five highest, labelled from labels.txt, are the
-prediction.
-
 The report (`write_report`) is one self-contained HTML file: the input image, the top-5 table, then, walking the
 layers in net order, each blob the first time it is seen (a layer's bottoms, then its parameters, then its tops)
 with its statistics (shape, mean, std, min, max, a 20-bin histogram) and a picture.  Activations are those of the
@@ -17,13 +8,7 @@ first sample after the whole forward pass, so an in-place blob shows its final v
 in a grid, gray for the net's input, RGB for three-channel data, DIGITS' jet heat map for everything else, scaled
 per blob to [min, max] (Softmax outputs to [0, 1]).
 
-Deliberate differences from DIGITS:
-  - the image is decoded and resized like Caffe's own tools (caffelike.datum: OpenCV's INTER_LINEAR, alpha
-    dropped) rather than with PIL/scipy (bilinear with antialiasing, alpha composited on white);
-  - an optional `scale` multiplies after the mean subtraction (transform_param.scale; DIGITS has none, its
-    deploy nets scale with a Power layer);
-  - a mean of the right size is subtracted as stored (float); DIGITS casts it to uint8 first (the same for its
-    own integer-valued means).  A mean of another size is cast to uint8 and resized, as DIGITS does;
+Deliberate differences from DIGITS' report (the preprocessing's are in caffelike.classify):
   - every parameter blob is shown (DIGITS shows only the first), and InnerProduct weights are drawn as a
     matrix image (rows = outputs) instead of "Not shown";
   - a 2-D activation sample is drawn as one image, not as a grid of 1x1 tiles;
