@@ -29,6 +29,9 @@ CASES = {
     "BatchNorm": ('type: "BatchNorm"', lambda: [normal(4, 3, 2, 2)], {}),
     "Bias": ('type: "Bias" bias_param { filler { type: "gaussian" } }', lambda: [normal(2, 3, 4)], {}),
     "Concat": ('type: "Concat"', lambda: [normal(2, 2, 3), normal(2, 3, 3, seed=1)], {}),
+    "ContrastiveLoss": ('type: "ContrastiveLoss" contrastive_loss_param { margin: 3 }',
+                        lambda: [normal(4, 3), normal(4, 3, seed=1), np.array([1.0, 0.0, 1.0, 0.0])],
+                        {"grad_bottoms": [0, 1], "threshold": 2e-3}),  # Caffe's +1e-4 in the dissimilar gradient
     "Convolution": ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2 '
                     'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }',
                     lambda: [normal(2, 4, 5, 5)], {}),
@@ -40,6 +43,8 @@ CASES = {
                   'data_filler { type: "gaussian" } }', lambda: [], None),
     "HDF5Data": ('type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "h5list.txt" batch_size: 3 }',
                  lambda: [], None),
+    "HDF5Output": ('type: "HDF5Output" hdf5_output_param { file_name: "out.h5" }',
+                   lambda: [normal(2, 3), labels(2, 3)], None),
     "ImageData": ('type: "ImageData" top: "data" top: "label" image_data_param { source: "images.txt" '
                   'batch_size: 2 is_color: false }', lambda: [], None),
     "MemoryData": ('type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 channels: 1 '
@@ -53,10 +58,17 @@ CASES = {
                 {}),
     "EuclideanLoss": ('type: "EuclideanLoss"', lambda: [normal(3, 4), normal(3, 4, seed=1)], {}),
     "Flatten": ('type: "Flatten"', lambda: [normal(2, 3, 2, 2)], {}),
+    "HingeLoss": ('type: "HingeLoss" hinge_loss_param { norm: L2 }', lambda: [normal(4, 5), labels(4, 5)],
+                  {"grad_bottoms": [0]}),
+    "InfogainLoss": ('type: "InfogainLoss"', lambda: [normal(4, 3), labels(4, 3), np.eye(3) + 0.1],
+                     {"grad_bottoms": [0]}),
     "InnerProduct": ('type: "InnerProduct" inner_product_param { num_output: 3 weight_filler { type: "gaussian" } '
                      'bias_filler { type: "gaussian" } }', lambda: [normal(2, 2, 3)], {}),
     "Input": ('type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } }', lambda: [], None),
     "LRN": ('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 }', lambda: [normal(2, 5, 3, 3)], {}),
+    "MultinomialLogisticLoss": ('type: "MultinomialLogisticLoss"',
+                                lambda: [np.random.default_rng(0).uniform(0.1, 1.0, (4, 5)), labels(4, 5)],
+                                {"grad_bottoms": [0]}),
     "PReLU": ('type: "PReLU"', lambda: [away_from_zero(2, 3, 4)], {}),
     "Pooling": ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
                 lambda: [normal(2, 2, 5, 5)], {}),
@@ -69,6 +81,9 @@ CASES = {
     "Scale": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } }',
               lambda: [normal(2, 3, 4)], {}),
     "Sigmoid": ('type: "Sigmoid"', lambda: [normal(2, 3)], {}),
+    "SigmoidCrossEntropyLoss": ('type: "SigmoidCrossEntropyLoss"',
+                                lambda: [normal(3, 4), np.random.default_rng(1).uniform(0.0, 1.0, (3, 4))],
+                                {"grad_bottoms": [0]}),
     "Silence": ('type: "Silence"', lambda: [normal(2, 3)], None),
     "Slice": ('type: "Slice" top: "a" top: "b" slice_param { slice_point: 1 }', lambda: [normal(2, 3, 2)], {}),
     "Softmax": ('type: "Softmax"', lambda: [normal(2, 4, 3)], {}),
@@ -81,6 +96,8 @@ CASES = {
 # Source layers that read files run in the fixture folder holding them (Caffe resolves paths against the cwd).
 CWD = {"Data": "layers/data_lmdb_transform", "HDF5Data": "layers/hdf5data", "ImageData": "layers/imagedata",
        "Python": "nets/python_euclidean_loss"}
+# Sink layers that write files run in a fresh temporary folder.
+TMP_CWD = {"HDF5Output"}
 
 
 def test_every_registered_type_has_a_case():
@@ -89,7 +106,10 @@ def test_every_registered_type_has_a_case():
 
 
 @pytest.mark.parametrize("type_name", sorted(CASES))
-def test_builds_and_runs_forward(type_name, monkeypatch):
+def test_builds_and_runs_forward(type_name, monkeypatch, tmp_path):
+    if type_name in TMP_CWD:
+        pytest.importorskip("h5py")
+        monkeypatch.chdir(tmp_path)
     if type_name in CWD:
         if type_name == "HDF5Data":
             pytest.importorskip("h5py")
