@@ -25,9 +25,16 @@ def labels(n, classes, seed=1):
 
 # type -> (layer text, bottoms factory, gradient-check options; None = no backward in Caffe, skip the check)
 CASES = {
+    "AbsVal": ('type: "AbsVal"', lambda: [away_from_zero(2, 3, 4)], {}),
     "Accuracy": ('type: "Accuracy" accuracy_param { top_k: 2 }', lambda: [normal(4, 5), labels(4, 5)], None),
+    "ArgMax": ('type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }', lambda: [normal(2, 3, 4)], None),
+    "BNLL": ('type: "BNLL"', lambda: [normal(2, 3, 4)], {}),
     "BatchNorm": ('type: "BatchNorm"', lambda: [normal(4, 3, 2, 2)], {}),
+    "BatchReindex": ('type: "BatchReindex"', lambda: [normal(4, 3), np.array([2.0, 0.0, 2.0, 3.0, 1.0])],
+                     {"grad_bottoms": [0]}),
     "Bias": ('type: "Bias" bias_param { filler { type: "gaussian" } }', lambda: [normal(2, 3, 4)], {}),
+    "Clip": ('type: "Clip" clip_param { min: -0.55 max: 0.7 }',
+             lambda: [np.linspace(-1.5, 1.5, 24).reshape(2, 3, 4)], {}),  # no input within 0.03 of a bound
     "Concat": ('type: "Concat"', lambda: [normal(2, 2, 3), normal(2, 3, 3, seed=1)], {}),
     "ContrastiveLoss": ('type: "ContrastiveLoss" contrastive_loss_param { margin: 3 }',
                         lambda: [normal(4, 3), normal(4, 3, seed=1), np.array([1.0, 0.0, 1.0, 0.0])],
@@ -41,12 +48,22 @@ CASES = {
              'data_param { source: "../../data/mnist_val_lmdb" batch_size: 4 backend: LMDB }', lambda: [], None),
     "DummyData": ('type: "DummyData" top: "a" top: "b" dummy_data_param { shape { dim: 2 dim: 3 } '
                   'data_filler { type: "gaussian" } }', lambda: [], None),
+    "Embed": ('type: "Embed" embed_param { num_output: 3 input_dim: 5 weight_filler { type: "gaussian" } '
+              'bias_filler { type: "gaussian" } }', lambda: [np.array([[0.0, 4.0, 2.0], [2.0, 1.0, 3.0]])],
+              {"grad_bottoms": []}),
+    "Exp": ('type: "Exp" exp_param { base: 2 scale: 0.5 shift: 0.1 }', lambda: [normal(2, 3)], {}),
+    "Filter": ('type: "Filter" top: "a" top: "b"',
+               lambda: [normal(3, 2), normal(3, 4, seed=1), np.array([1.0, 2.0, -1.0])], {"grad_bottoms": [0, 1]}),
     "HDF5Data": ('type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "h5list.txt" batch_size: 3 }',
                  lambda: [], None),
     "HDF5Output": ('type: "HDF5Output" hdf5_output_param { file_name: "out.h5" }',
                    lambda: [normal(2, 3), labels(2, 3)], None),
+    "Im2col": ('type: "Im2col" convolution_param { kernel_size: 3 pad: 1 stride: 2 dilation: 1 }',
+               lambda: [normal(2, 2, 5, 4)], {}),
     "ImageData": ('type: "ImageData" top: "data" top: "label" image_data_param { source: "images.txt" '
                   'batch_size: 2 is_color: false }', lambda: [], None),
+    "Log": ('type: "Log" log_param { base: 10 scale: 0.5 shift: 3 }', lambda: [normal(2, 3)], {}),
+    "MVN": ('type: "MVN"', lambda: [normal(2, 3, 4)], {}),
     "MemoryData": ('type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 channels: 1 '
                    'height: 3 width: 4 }', lambda: [], None),
     "Deconvolution": ('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 stride: 2 '
@@ -65,19 +82,34 @@ CASES = {
     "InnerProduct": ('type: "InnerProduct" inner_product_param { num_output: 3 weight_filler { type: "gaussian" } '
                      'bias_filler { type: "gaussian" } }', lambda: [normal(2, 2, 3)], {}),
     "Input": ('type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } }', lambda: [], None),
+    "LSTM": ('type: "LSTM" recurrent_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } '
+             'bias_filler { type: "gaussian" } }',
+             lambda: [normal(3, 2, 4), np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])],
+             {"grad_bottoms": [0]}),  # cont gets no gradient
+    "LSTMUnit": ('type: "LSTMUnit" top: "c" top: "h"',
+                 lambda: [normal(1, 2, 3), normal(1, 2, 12, seed=1), np.array([[1.0, 0.0]])],
+                 {"grad_bottoms": [0, 1]}),
     "LRN": ('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 }', lambda: [normal(2, 5, 3, 3)], {}),
     "MultinomialLogisticLoss": ('type: "MultinomialLogisticLoss"',
                                 lambda: [np.random.default_rng(0).uniform(0.1, 1.0, (4, 5)), labels(4, 5)],
                                 {"grad_bottoms": [0]}),
     "PReLU": ('type: "PReLU"', lambda: [away_from_zero(2, 3, 4)], {}),
+    "Parameter": ('type: "Parameter" parameter_param { shape { dim: 2 dim: 3 } }', lambda: [], {}),
     "Pooling": ('type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
                 lambda: [normal(2, 2, 5, 5)], {}),
     "Power": ('type: "Power" power_param { power: 2 scale: 0.5 shift: 3 }', lambda: [normal(2, 3)], {}),
     # A pycaffe layer brings its own backward (checked in test_python_layer.py); this one is the pyloss example.
     "Python": ('type: "Python" top: "loss" python_param { module: "pyloss" layer: "EuclideanLossLayer" }',
                lambda: [normal(3, 4), normal(3, 4, seed=1)], None),
+    "RNN": ('type: "RNN" recurrent_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } '
+            'bias_filler { type: "gaussian" } }',
+            lambda: [normal(3, 2, 4), np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])],
+            {"grad_bottoms": [0]}),
     "ReLU": ('type: "ReLU" relu_param { negative_slope: 0.1 }', lambda: [away_from_zero(2, 3, 4)], {}),
+    "Reduction": ('type: "Reduction" reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 }',
+                  lambda: [normal(2, 3, 4)], {}),
     "Reshape": ('type: "Reshape" reshape_param { shape { dim: 0 dim: -1 } }', lambda: [normal(2, 3, 4)], {}),
+    "SPP": ('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', lambda: [normal(2, 2, 5, 6)], {}),
     "Scale": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } }',
               lambda: [normal(2, 3, 4)], {}),
     "Sigmoid": ('type: "Sigmoid"', lambda: [normal(2, 3)], {}),
@@ -89,7 +121,10 @@ CASES = {
     "Softmax": ('type: "Softmax"', lambda: [normal(2, 4, 3)], {}),
     "SoftmaxWithLoss": ('type: "SoftmaxWithLoss"', lambda: [normal(4, 5), labels(4, 5)], {"grad_bottoms": [0]}),
     "Split": ('type: "Split" top: "a" top: "b"', lambda: [normal(2, 3)], {}),
+    "Swish": ('type: "Swish" swish_param { beta: 1.5 }', lambda: [normal(2, 3)], {}),
     "TanH": ('type: "TanH"', lambda: [normal(2, 3)], {}),
+    "Threshold": ('type: "Threshold" threshold_param { threshold: 0.2 }', lambda: [normal(2, 3)], None),
+    "Tile": ('type: "Tile" tile_param { axis: 1 tiles: 3 }', lambda: [normal(2, 2, 3)], {}),
 }
 
 
