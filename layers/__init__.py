@@ -2,6 +2,9 @@
 from .base import Layer, is_meta, layer_class, layer_type_list, register  # noqa: F401
 
 # Importing a family module registers its layers.
-from . import common, data, data_sources, loss, neuron, norm, python, vision, loss_extra, data_output, neuron_extra, common_extra, recurrent  # noqa: F401,E402
+from . import (  # noqa: F401,E402
+    common, common_extra, data, data_output, data_sources, loss, loss_extra, neuron, neuron_extra, norm, python,
+    recurrent, vision,
+)
 
 __all__ = ["Layer", "register", "layer_class", "layer_type_list", "is_meta"]
