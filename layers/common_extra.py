@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from caffelike.proto import caffe_pb2
 
-from .base import Layer, count, is_meta, register, shape_str, spatial_values
-from .vision import Pooling
+from .base import Layer, count, is_meta, register, shape_str
+from .vision import Pooling, conv_geometry
 
 _REDUCTION = caffe_pb2.ReductionParameter
 _SPP = caffe_pb2.SPPParameter
@@ -329,13 +329,7 @@ class Im2col(Layer):
         ns = len(shape) - self.axis - 1
         if ns < 1:
             self.fail(f"bottom of shape {shape_str(shape)} has no spatial axis after channel axis {self.axis}")
-        self.kernel = spatial_values(cp, "kernel_size", "kernel", ns, 0, self)
-        self.stride = spatial_values(cp, "stride", "stride", ns, 1, self)
-        self.pad = spatial_values(cp, "pad", "pad", ns, 0, self)
-        self.dilation = spatial_values(cp, "dilation", None, ns, 1, self)
-        for name, values in (("kernel_size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
-            if min(values) <= 0:
-                self.fail(f"{name} must be > 0 on every spatial axis, got {values}")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, ns)
 
     def forward(self, x):
         if x.dim() != self.num_axes:

@@ -29,6 +29,19 @@ def _need_4d(layer: Layer, shape, i: int = 0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ (de)convolution
+
+def conv_geometry(layer, cp, ns: int):
+    """(kernel, stride, pad, dilation) per spatial axis from a ConvolutionParameter, in either spelling, each
+    checked as Caffe checks them (Convolution, Deconvolution and Im2col share this)."""
+    kernel = spatial_values(cp, "kernel_size", "kernel", ns, 0, layer)
+    stride = spatial_values(cp, "stride", "stride", ns, 1, layer)
+    pad = spatial_values(cp, "pad", "pad", ns, 0, layer)
+    dilation = spatial_values(cp, "dilation", None, ns, 1, layer)
+    for name, values in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
+        if min(values) <= 0:
+            layer.fail(f"{name} must be > 0 on every spatial axis, got {values}")
+    return kernel, stride, pad, dilation
+
 class _ConvolutionBase(Layer):
     """What Convolution and Deconvolution share: ConvolutionParameter parsing, blob creation and the N-D reshape
     around torch's conv1d/2d/3d."""
@@ -49,13 +62,7 @@ class _ConvolutionBase(Layer):
         if not 1 <= ns <= 3:
             self.fail(f'bottom "{_bottom_name(self, 0)}" has shape {shape_str(shape)} and channel axis {self.axis}, '
                       f"leaving {ns} spatial axes; 1, 2 or 3 are supported")
-        self.kernel = spatial_values(cp, "kernel_size", "kernel", ns, 0, self)
-        self.stride = spatial_values(cp, "stride", "stride", ns, 1, self)
-        self.pad = spatial_values(cp, "pad", "pad", ns, 0, self)
-        self.dilation = spatial_values(cp, "dilation", None, ns, 1, self)
-        for name, values in (("kernel_size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
-            if min(values) <= 0:
-                self.fail(f"{name} must be > 0 on every spatial axis, got {values}")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, cp, ns)
         self.channels = shape[self.axis]
         num_output, group = cp.num_output, cp.group
         if num_output <= 0:
