@@ -23,6 +23,10 @@ COMMANDS = {
     "test": ("caffelike.tools.test_net", "score a model by running it for --iterations batches"),
     "time": ("caffelike.tools.time_net", "benchmark a model's forward and backward passes per layer"),
     "device_query": ("caffelike.tools.device_query", "show the CUDA devices torch can use"),
+    "upgrade_net_proto_text": ("caffelike.tools.upgrade", "rewrite a V0/V1 net prototxt in the current format"),
+    "upgrade_net_proto_binary": ("caffelike.tools.upgrade", "rewrite a V0/V1 binary net (caffemodel) in the current "
+                                 "format"),
+    "upgrade_solver_proto_text": ("caffelike.tools.upgrade", "rewrite an old solver prototxt in the current format"),
     "tutorial": ("caffelike.tools.tutorial", "reproduce DIGITS' Python-layer occlusion tutorial end to end"),
     "digits": ("caffelike.tools.digits", "train LeNet on the bundled MNIST digits and report its test accuracy"),
     "convert_imageset": ("caffelike.tools.convert_imageset", "convert a list of images to an LMDB of Datums"),
