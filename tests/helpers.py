@@ -186,3 +186,29 @@ class Case:
             if lp.blobs:
                 out[lp.name] = [np.asarray(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in lp.blobs]
         return out
+
+
+def check_loss_case(case: Case) -> None:
+    """Replay a one-layer loss (or Accuracy) fixture case: top shapes, forward values, and, seeding each top with
+    its loss weight as the net does, the gradients Caffe wrote (`diff_blobs`); other bottoms get none."""
+    import torch as _torch
+
+    lp = next(layer for layer in case.net_param().layer if layer.type != "Input")
+    shapes = [case.meta["blob_shapes"][b] for b in lp.bottom]
+    layer = make_layer(text_format.MessageToString(lp), shapes)
+    bottoms = [_torch.from_numpy(case.data(b)).requires_grad_(layer.allow_force_backward(i))
+               for i, b in enumerate(lp.bottom)]
+    assert layer.infer_top_shapes([tuple(s) for s in shapes]) == [tuple(case.meta["blob_shapes"][t])
+                                                                  for t in lp.top]
+    tops = as_tuple(layer(*bottoms))
+    for top, t in zip(tops, lp.top):
+        assert_blob_close(top, case.data(t), **case.tolerance, name=t)
+    if not case.meta["backward"]:
+        assert not any(t.requires_grad for t in tops)
+        return
+    _torch.autograd.backward(tops, [_torch.tensor(case.meta["loss_weights"][t]) for t in lp.top])
+    for b, x in zip(lp.bottom, bottoms):
+        if b in case.meta["diff_blobs"]:
+            assert_blob_close(x.grad, case.diff(b), **case.tolerance, name=f"{b} diff")
+        else:
+            assert x.grad is None, f"{b} must get no gradient"

@@ -9,7 +9,7 @@ import torch
 from google.protobuf import text_format
 
 from caffelike.errors import LayerError
-from helpers import Case, as_tuple, assert_blob_close, check_gradient, make_layer
+from helpers import check_loss_case, Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 FLT_MIN = np.finfo(np.float32).tiny
 
@@ -30,27 +30,7 @@ def run(layer, *arrays):
 @pytest.mark.parametrize("name", ["accuracy", "softmaxwithloss", "softmaxwithloss_spatial_ignore",
                                   "euclideanloss"])
 def test_matches_caffe(name):
-    case = Case.load("layers", name)
-    lp = next(l for l in case.net_param().layer if l.type != "Input")
-    shapes = [case.meta["blob_shapes"][b] for b in lp.bottom]
-    layer = make_layer(text_format.MessageToString(lp), shapes)
-    bottoms = [torch.from_numpy(case.data(b)).requires_grad_(layer.allow_force_backward(i))
-               for i, b in enumerate(lp.bottom)]
-    assert layer.infer_top_shapes([tuple(s) for s in shapes]) == [tuple(case.meta["blob_shapes"][t])
-                                                                  for t in lp.top]
-    tops = as_tuple(layer(*bottoms))
-    for top, t in zip(tops, lp.top):
-        assert_blob_close(top, case.data(t), **case.tolerance, name=t)
-    if not case.meta["backward"]:
-        assert not any(t.requires_grad for t in tops)
-        return
-    # The net seeds a loss top with its loss weight (Caffe keeps it in the top's diff).
-    torch.autograd.backward(tops, [torch.tensor(case.meta["loss_weights"][t]) for t in lp.top])
-    for b, x in zip(lp.bottom, bottoms):
-        if b in case.meta["diff_blobs"]:
-            assert_blob_close(x.grad, case.diff(b), **case.tolerance, name=f"{b} diff")
-        else:
-            assert x.grad is None, f"{b} (a label) must get no gradient"
+    check_loss_case(Case.load("layers", name))
 
 
 # ----------------------------------------------------------------------------------------------------- Accuracy
