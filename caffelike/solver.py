@@ -95,6 +95,7 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.rule = make_rule(self.param, [p.param for p in self.net.learnable])
+        self._groups: dict[tuple[float, float], list[int]] | None = None
         self.hooks: dict[str, list] = defaultdict(list)
         self.requested_action = lambda: None  # set by the command line's signal handling
         self.history = {"train": defaultdict(list), "test": defaultdict(list), "lr": []}
@@ -373,19 +374,29 @@ class Solver:
                     entry.param.grad = torch.zeros_like(entry.param)
                 grads.append(entry.param.grad)
             self._clip(grads)
-            for i, (entry, g) in enumerate(zip(learnable, grads)):
-                if p.iter_size > 1:
-                    g.mul_(1.0 / p.iter_size)
-                local_decay = p.weight_decay * entry.decay_mult
+            if p.iter_size > 1 and grads:
+                torch._foreach_mul_(grads, 1.0 / p.iter_size)
+            for (lr_mult, decay_mult), indices in self._update_groups().items():
+                params = [learnable[i].param for i in indices]
+                group = [grads[i] for i in indices]
+                local_decay = p.weight_decay * decay_mult
                 if local_decay:
                     if p.regularization_type == "L2":
-                        g.add_(entry.param, alpha=local_decay)
+                        torch._foreach_add_(group, params, alpha=local_decay)
                     elif p.regularization_type == "L1":
-                        g.add_(torch.sign(entry.param), alpha=local_decay)
+                        torch._foreach_add_(group, torch._foreach_sign(params), alpha=local_decay)
                     else:
                         raise CaffeError(f"Unknown regularization type: {p.regularization_type!r} (L1 or L2)")
-                update = self.rule.step(i, g, rate * entry.lr_mult, self.iter)
-                entry.param.sub_(update)
+                torch._foreach_sub_(params, self.rule.step(indices, group, rate * lr_mult, self.iter))
+
+    def _update_groups(self) -> dict[tuple[float, float], list[int]]:
+        """Learnable parameters grouped by (lr_mult, decay_mult), planned once: each group is updated with one
+        `_foreach` call per operation (typically two groups, weights and biases)."""
+        if self._groups is None:
+            self._groups = {}
+            for i, entry in enumerate(self.net.learnable):
+                self._groups.setdefault((entry.lr_mult, entry.decay_mult), []).append(i)
+        return self._groups
 
     def _clip(self, grads: list[torch.Tensor]) -> None:
         limit = self.param.clip_gradients

@@ -144,6 +144,51 @@ def test_updates_follow_caffes_formulas(fields):
                                    err_msg=f"{entry.layer}[{entry.index}]")
 
 
+def _one_tensor_step(kind, p, hist, g, rate, it):
+    """The update of one parameter with plain per-tensor torch ops, in Caffe's order (the grouped `_foreach`
+    rules must give exactly these bits)."""
+    if kind == "SGD":
+        hist[0].mul_(p.momentum).add_(g, alpha=rate)
+        return hist[0]
+    if kind == "Nesterov":
+        previous = hist[0].clone()
+        hist[0].mul_(p.momentum).add_(g, alpha=rate)
+        return hist[0] * (1 + p.momentum) - previous * p.momentum
+    if kind == "AdaGrad":
+        hist[0].add_(g * g)
+        return g / (hist[0].sqrt() + p.delta) * rate
+    if kind == "RMSProp":
+        hist[0].mul_(p.rms_decay).add_(g * g, alpha=1 - p.rms_decay)
+        return g / (hist[0].sqrt() + p.delta) * rate
+    if kind == "AdaDelta":
+        hist[0].mul_(p.momentum).add_(g * g, alpha=1 - p.momentum)
+        update = g * ((hist[1] + p.delta) / (hist[0] + p.delta)).sqrt()
+        hist[1].mul_(p.momentum).add_(update * update, alpha=1 - p.momentum)
+        return update * rate
+    t = it + 1
+    correction = math.sqrt(1 - p.momentum2 ** t) / (1 - p.momentum ** t)
+    hist[0].mul_(p.momentum).add_(g, alpha=1 - p.momentum)
+    hist[1].mul_(p.momentum2).add_(g * g, alpha=1 - p.momentum2)
+    return hist[0] / (hist[1].sqrt() + p.delta) * (rate * correction)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
+def test_grouped_updates_are_bitwise_the_per_tensor_arithmetic(kind):
+    from caffelike.updates import make_rule
+    p = caffe_pb2.SolverParameter(type=kind, momentum=0.9 if kind in ("SGD", "Nesterov", "AdaDelta", "Adam") else 0,
+                                  rms_decay=0.95, delta=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(shape, generator=gen) for shape in [(5, 3), (7,), (2, 2, 3)]]
+    rule = make_rule(p, params)
+    hists = [[torch.zeros_like(t) for _ in range(rule.histories_per_param)] for t in params]
+    for it in range(4):
+        grads = [torch.randn(t.shape, generator=gen) for t in params]
+        grouped = rule.step([0, 1, 2], [g.clone() for g in grads], 0.03, it)
+        for i, g in enumerate(grads):
+            expected = _one_tensor_step(kind, p, hists[i], g, 0.03, it)
+            assert torch.equal(grouped[i], expected), (kind, it, i)
+
+
 @pytest.mark.parametrize("policy,fields,it,expected", [
     ("fixed", {}, 1000, 0.01),
     ("step", dict(gamma=0.1, stepsize=100), 250, 0.01 * 0.1 ** 2),
