@@ -4,7 +4,9 @@
 
 Layers are sorted by evaluating their rules against the three states DIGITS uses - train = {TRAIN, stage
 "train"}, val = {TEST, stage "val"}, deploy = {TEST, stage "deploy"} - with Caffe's own StateMeetsRule, and the
-stage rules are rewritten into phase rules, so the files run in plain Caffe (and here) without stages.
+stage rules are rewritten into phase rules, so the files run in plain Caffe (and here) without stages.  The crop
+follows DIGITS too: the job's crop_size, else the network's own, cut down to the images, goes on both data layers
+and sizes the deploy input, so nets with fully connected layers (AlexNet, GoogLeNet) deploy at the size they train.
 """
 from __future__ import annotations
 
@@ -92,11 +94,29 @@ def _data_layer(template, name, phase, source, mean_file, batch_size):
     return lp
 
 
+def _apply_crop(train_layer, val_layer, crop_size: int, height: int, width: int, dataset: str) -> int:
+    """DIGITS' crop rule (caffe_train.py): a crop asked for (the job's "Crop Size") must fit the images and goes on
+    both data layers; else the train layer's own crop_size, cut down to the images' smaller side, is used for
+    both.  Returns the crop (0 for none), which is also the deploy input's height and width."""
+    largest = min(height, width)
+    if crop_size:
+        if crop_size > largest:
+            raise PrototxtError(f"crop_size {crop_size} is larger than the images of {dataset} ({height}x{width})")
+    elif train_layer.transform_param.HasField("crop_size"):
+        crop_size = min(train_layer.transform_param.crop_size, largest)
+    if crop_size:
+        for lp in (train_layer, val_layer):
+            if lp is not None:
+                lp.transform_param.crop_size = crop_size
+    return crop_size
+
+
 def write_model_files(network: str, dataset: str, out: str, *, epochs: int = 30, base_lr: float = 0.01,
-                      batch_size: int = 0, python_layer: str | None = None, use_mean: bool = True,
-                      solver_mode: str = "CPU", random_seed: int | None = None) -> dict:
+                      batch_size: int = 0, crop_size: int = 0, python_layer: str | None = None,
+                      use_mean: bool = True, solver_mode: str = "CPU", random_seed: int | None = None) -> dict:
     """Write DIGITS' model files for `network` (a stage-based prototxt) trained on `dataset` (a folder made by
-    `caffelike dataset create`) into `out`; returns the paths and the derived solver numbers."""
+    `caffelike dataset create`) into `out`; returns the paths and the derived solver numbers.  `crop_size` is
+    DIGITS' "Crop Size" (0: the network's own crop_size, if any, fitted to the images)."""
     os.makedirs(out, exist_ok=True)
     dataset = os.path.abspath(dataset)
     with open(os.path.join(dataset, "labels.txt")) as f:
@@ -112,20 +132,21 @@ def write_model_files(network: str, dataset: str, out: str, *, epochs: int = 30,
     train_data, val_data, train_val_layers, deploy_layers = split_network(net, num_classes)
     mean = os.path.join(dataset, "mean.binaryproto") if use_mean else ""
 
-    train_val = caffe_pb2.NetParameter()  # DIGITS writes no name into these files
     train_layer = _data_layer(train_data, "train-data", caffe_pb2.TRAIN, os.path.join(dataset, "train_db"), mean,
                               batch_size)
-    train_val.layer.append(train_layer)
+    val_layer = None
     if counts["val"]:
         val_layer = _data_layer(val_data, "val-data", caffe_pb2.TEST, os.path.join(dataset, "val_db"), mean,
                                 batch_size)
-        train_val.layer.append(val_layer)
+    channels, height, width = _image_shape(dataset)
+    crop = _apply_crop(train_layer, val_layer, crop_size, height, width, dataset)
+    train_val = caffe_pb2.NetParameter()  # DIGITS writes no name into these files
+    train_val.layer.extend([lp for lp in (train_layer, val_layer) if lp is not None])
     train_val.layer.extend(train_val_layers)
 
     deploy = caffe_pb2.NetParameter()
-    channels, height, width = _image_shape(dataset)
     deploy.input.append("data")
-    deploy.input_shape.add(dim=[1, channels, height, width])
+    deploy.input_shape.add(dim=[1, channels, crop or height, crop or width])
     deploy.layer.extend(deploy_layers)
 
     # DIGITS' solver arithmetic (caffe_train.py): iterations from epochs and the batch size, step at 33%.

@@ -1,27 +1,38 @@
-"""Write the zoo's deploy prototxts that are generated rather than copied: CaffeNet, GoogLeNet, VGG-16, ResNet-50,
-SqueezeNet 1.1 and MobileNet v1, each as its authors published it for Caffe, built with caffelike's NetSpec.
+"""Write the zoo's generated prototxts with caffelike's NetSpec: the BVLC model-zoo nets (CaffeNet, AlexNet,
+GoogLeNet, R-CNN ILSVRC13, Flickr Style) with their deploy, train_val and solver files, NVIDIA DIGITS' standard
+AlexNet and GoogLeNet, and the deploy nets of VGG-16, ResNet-50, SqueezeNet 1.1 and MobileNet v1, each as its
+authors published it for Caffe.
 
-    python zoo/generate.py            # rewrites zoo/<net>/deploy.prototxt
-    python zoo/generate.py --check    # exit 1 if a committed prototxt differs from what this script writes
+    python zoo/generate.py            # rewrites every file listed in FILES
+    python zoo/generate.py --check    # exit 1 if a committed file differs from what this script writes
 
-Each builder also returns the blob shapes Caffe derives for a 1-image batch at a few checkpoints (the test checks
-them against caffelike's shape inference and a forward pass).
+Besides the files, this module holds what the tests check them against, written without caffelike's layers:
+CHECKPOINTS, per-image blob shapes derived by hand, and blob_shapes(), Caffe's shape arithmetic (convolution
+floor, pooling ceil with the pad clip, concat, inner product) walked over a NetParameter for one phase/stage.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import sys
 
 from caffelike.net_spec import NetSpec, layers as L, params as P
+from caffelike.proto import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parent
 MSRA = dict(type="msra")
 GAUSS = dict(type="gaussian", std=0.01)
 
+# The data files of BVLC's train_val nets, named as Caffe's ImageNet and Flickr Style examples write them, resolved
+# against the working directory (run from the folder that holds them, as zoo/lenet does).
+IMAGENET_TRAIN_LMDB = "ilsvrc12_train_lmdb"
+IMAGENET_VAL_LMDB = "ilsvrc12_val_lmdb"
+IMAGENET_MEAN = "imagenet_mean.binaryproto"
 
-def _input(n: NetSpec, size: int) -> None:
-    n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
+
+def _input(n: NetSpec, size: int, batch: int = 1) -> None:
+    n.data = L.Input(shape=dict(dim=[batch, 3, size, size]))
 
 
 def conv(bottom, num_output, kernel, stride=1, pad=0, group=1, bias=True, filler=MSRA):
@@ -35,41 +46,330 @@ def conv(bottom, num_output, kernel, stride=1, pad=0, group=1, bias=True, filler
     return L.Convolution(bottom, **kw)
 
 
-def caffenet() -> tuple[NetSpec, dict]:
-    """BVLC Reference CaffeNet (models/bvlc_reference_caffenet/deploy.prototxt): AlexNet with pooling before LRN."""
-    n = NetSpec()
-    _input(n, 227)
-    n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
-    n.relu1 = L.ReLU(n.conv1, in_place=True)
-    n.pool1 = L.Pooling(n.relu1, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    n.norm1 = L.LRN(n.pool1, local_size=5, alpha=1e-4, beta=0.75)
-    n.conv2 = conv(n.norm1, 256, 5, pad=2, group=2, filler=GAUSS)
-    n.relu2 = L.ReLU(n.conv2, in_place=True)
-    n.pool2 = L.Pooling(n.relu2, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    n.norm2 = L.LRN(n.pool2, local_size=5, alpha=1e-4, beta=0.75)
-    n.conv3 = conv(n.norm2, 384, 3, pad=1, filler=GAUSS)
-    n.relu3 = L.ReLU(n.conv3, in_place=True)
-    n.conv4 = conv(n.relu3, 384, 3, pad=1, group=2, filler=GAUSS)
-    n.relu4 = L.ReLU(n.conv4, in_place=True)
-    n.conv5 = conv(n.relu4, 256, 3, pad=1, group=2, filler=GAUSS)
-    n.relu5 = L.ReLU(n.conv5, in_place=True)
-    n.pool5 = L.Pooling(n.relu5, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+def _mults(lr=(1, 2)):
+    """BVLC's per-blob multipliers: weights decay, biases learn twice as fast and do not decay."""
+    return [dict(lr_mult=lr[0], decay_mult=1), dict(lr_mult=lr[1], decay_mult=0)]
+
+
+def _with_second_data_layer(n: NetSpec, second: NetSpec, name: str) -> caffe_pb2.NetParameter:
+    """n's layers with second's (one data layer) right after n's first: train_val files give the TRAIN and TEST
+    data layers the same tops, which one NetSpec cannot name twice."""
+    first, extra = n.to_proto(), second.to_proto()
+    out = caffe_pb2.NetParameter(name=name)
+    out.layer.extend([first.layer[0], *extra.layer, *first.layer[1:]])
+    return out
+
+
+def _named(n: NetSpec, name: str) -> caffe_pb2.NetParameter:
+    param = n.to_proto()
+    param.name = name
+    return param
+
+
+# ------------------------------------------------------------------------------------ CaffeNet and AlexNet
+def _alexnet_body(n: NetSpec, bottom, *, lrn_first: bool, style: str, bias: float = 1.0, head: str = "fc8",
+                  head_outputs: int | None = 1000, head_lr=(1, 2)):
+    """conv1..fc7 and the classifier of BVLC's CaffeNet (pool before LRN) or AlexNet (`lrn_first`: LRN before
+    pool).  style: "bare" (no param, no filler: CaffeNet's and R-CNN's deploy), "mults" (param multipliers only:
+    AlexNet's deploy) or "full" (multipliers and fillers: train_val files).  `bias` is the constant BVLC starts
+    conv2, conv4, conv5, fc6 and fc7 at: 1 in CaffeNet, 0.1 in AlexNet."""
+
+    def learned(kind, bottom, num_output, std, bias_value, lr=(1, 2), **geometry):
+        kw = dict(geometry)
+        if num_output is not None:
+            kw["num_output"] = num_output
+        if style in ("mults", "full"):
+            kw["param"] = _mults(lr)
+        if style == "full":
+            kw["weight_filler"] = dict(type="gaussian", std=std)
+            kw["bias_filler"] = dict(type="constant", value=bias_value)
+        return getattr(L, kind)(bottom, **kw)
+
+    def pool(bottom):
+        return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+
+    def lrn(bottom):
+        return L.LRN(bottom, local_size=5, alpha=0.0001, beta=0.75)
+
+    top = bottom
+    convs = [(1, 96, 0.0, dict(kernel_size=11, stride=4)), (2, 256, bias, dict(pad=2, kernel_size=5, group=2)),
+             (3, 384, 0.0, dict(pad=1, kernel_size=3)), (4, 384, bias, dict(pad=1, kernel_size=3, group=2)),
+             (5, 256, bias, dict(pad=1, kernel_size=3, group=2))]
+    for i, width, bias_value, geometry in convs:
+        n[f"conv{i}"] = learned("Convolution", top, width, 0.01, bias_value, **geometry)
+        n[f"relu{i}"] = L.ReLU(n[f"conv{i}"], in_place=True)
+        top = n[f"relu{i}"]
+        if i in (1, 2):
+            if lrn_first:
+                n[f"norm{i}"] = lrn(top)
+                n[f"pool{i}"] = pool(n[f"norm{i}"])
+                top = n[f"pool{i}"]
+            else:
+                n[f"pool{i}"] = pool(top)
+                n[f"norm{i}"] = lrn(n[f"pool{i}"])
+                top = n[f"norm{i}"]
+    n.pool5 = pool(top)
     top = n.pool5
-    for i, width in ((6, 4096), (7, 4096)):
-        setattr(n, f"fc{i}", L.InnerProduct(top, num_output=width, weight_filler=dict(type="gaussian", std=0.005),
-                                            bias_filler=dict(type="constant", value=0.1)))
-        setattr(n, f"relu{i}", L.ReLU(getattr(n, f"fc{i}"), in_place=True))
-        setattr(n, f"drop{i}", L.Dropout(getattr(n, f"relu{i}"), in_place=True, dropout_ratio=0.5))
-        top = getattr(n, f"drop{i}")
-    n.fc8 = L.InnerProduct(top, num_output=1000, weight_filler=GAUSS, bias_filler=dict(type="constant"))
-    n.prob = L.Softmax(n.fc8)
-    shapes = {"conv1": (1, 96, 55, 55), "pool1": (1, 96, 27, 27), "conv2": (1, 256, 27, 27),
-              "pool2": (1, 256, 13, 13), "conv5": (1, 256, 13, 13), "pool5": (1, 256, 6, 6), "fc6": (1, 4096),
-              "prob": (1, 1000)}
-    return n, shapes
+    for i in (6, 7):
+        n[f"fc{i}"] = learned("InnerProduct", top, 4096, 0.005, bias)
+        n[f"relu{i}"] = L.ReLU(n[f"fc{i}"], in_place=True)
+        n[f"drop{i}"] = L.Dropout(n[f"relu{i}"], in_place=True, dropout_ratio=0.5)
+        top = n[f"drop{i}"]
+    n[head] = learned("InnerProduct", top, head_outputs, 0.01, 0.0, lr=head_lr)
+    return n[head]
 
 
-def vgg16() -> tuple[NetSpec, dict]:
+def _imagenet_data(n: NetSpec, phase: str, batch_size: int, mirror: bool) -> None:
+    n.data, n.label = L.Data(include=dict(phase=phase), ntop=2, source=IMAGENET_TRAIN_LMDB if phase == "TRAIN"
+                             else IMAGENET_VAL_LMDB, batch_size=batch_size, backend=P.Data.LMDB,
+                             transform_param=dict(mirror=mirror, crop_size=227, mean_file=IMAGENET_MEAN))
+
+
+def _imagenet_train_val(name: str, *, lrn_first: bool, bias: float) -> caffe_pb2.NetParameter:
+    """BVLC's CaffeNet/AlexNet train_val: LMDB data (mirror and crop 227 in TRAIN, batch 256; batch 50 in TEST)
+    less the ImageNet mean image, SoftmaxWithLoss, and Accuracy in TEST."""
+    n, test = NetSpec(), NetSpec()
+    _imagenet_data(n, "TRAIN", 256, True)
+    _imagenet_data(test, "TEST", 50, False)
+    fc8 = _alexnet_body(n, n.data, lrn_first=lrn_first, style="full", bias=bias)
+    n.accuracy = L.Accuracy(fc8, n.label, include=dict(phase="TEST"))
+    n.loss = L.SoftmaxWithLoss(fc8, n.label)
+    return _with_second_data_layer(n, test, name)
+
+
+def caffenet_deploy() -> caffe_pb2.NetParameter:
+    """BVLC Reference CaffeNet (models/bvlc_reference_caffenet/deploy.prototxt): AlexNet with pooling before LRN;
+    no multipliers or fillers, as BVLC's deploy file."""
+    n = NetSpec()
+    _input(n, 227, batch=10)
+    n.prob = L.Softmax(_alexnet_body(n, n.data, lrn_first=False, style="bare"))
+    return _named(n, "CaffeNet")
+
+
+def caffenet_train_val() -> caffe_pb2.NetParameter:
+    return _imagenet_train_val("CaffeNet", lrn_first=False, bias=1.0)
+
+
+def alexnet_deploy() -> caffe_pb2.NetParameter:
+    """BVLC AlexNet (models/bvlc_alexnet/deploy.prototxt): LRN before pooling; multipliers kept, no fillers."""
+    n = NetSpec()
+    _input(n, 227, batch=10)
+    n.prob = L.Softmax(_alexnet_body(n, n.data, lrn_first=True, style="mults"))
+    return _named(n, "AlexNet")
+
+
+def alexnet_train_val() -> caffe_pb2.NetParameter:
+    return _imagenet_train_val("AlexNet", lrn_first=True, bias=0.1)
+
+
+def rcnn_deploy() -> caffe_pb2.NetParameter:
+    """BVLC's R-CNN ILSVRC13 (models/bvlc_reference_rcnn_ilsvrc13/deploy.prototxt): the CaffeNet body with fc-rcnn,
+    200 detector scores made from the R-CNN SVMs, and no Softmax."""
+    n = NetSpec()
+    _input(n, 227, batch=10)
+    _alexnet_body(n, n.data, lrn_first=False, style="bare", head="fc-rcnn", head_outputs=200)
+    return _named(n, "R-CNN-ilsvrc13")
+
+
+FLICKR_HEAD = dict(head="fc8_flickr", head_outputs=20, head_lr=(10, 20))
+
+
+def flickr_deploy() -> caffe_pb2.NetParameter:
+    """BVLC's Flickr Style fine-tuning (models/finetune_flickr_style/deploy.prototxt): CaffeNet with fc8_flickr,
+    20 style classes, learning 10x (weights) and 20x (biases) faster than the pre-trained layers."""
+    n = NetSpec()
+    _input(n, 227, batch=10)
+    n.prob = L.Softmax(_alexnet_body(n, n.data, lrn_first=False, style="full", **FLICKR_HEAD))
+    return _named(n, "FlickrStyleCaffeNet")
+
+
+def _flickr_data(n: NetSpec, phase: str, mirror: bool) -> None:
+    n.data, n.label = L.ImageData(include=dict(phase=phase), ntop=2,
+                                  source="train.txt" if phase == "TRAIN" else "test.txt", batch_size=50,
+                                  new_height=256, new_width=256,
+                                  transform_param=dict(mirror=mirror, crop_size=227, mean_file=IMAGENET_MEAN))
+
+
+def flickr_train_val() -> caffe_pb2.NetParameter:
+    """CaffeNet's train_val with ImageData (image lists, resized to 256x256, batch 50) and fc8_flickr."""
+    n, test = NetSpec(), NetSpec()
+    _flickr_data(n, "TRAIN", True)
+    _flickr_data(test, "TEST", False)
+    fc8 = _alexnet_body(n, n.data, lrn_first=False, style="full", **FLICKR_HEAD)
+    n.accuracy = L.Accuracy(fc8, n.label, include=dict(phase="TEST"))
+    n.loss = L.SoftmaxWithLoss(fc8, n.label)
+    return _with_second_data_layer(n, test, "FlickrStyleCaffeNet")
+
+
+def digits_alexnet() -> caffe_pb2.NetParameter:
+    """DIGITS' standard AlexNet (digits/standard-networks/caffe/alexnet.prototxt): BVLC's AlexNet train_val with
+    stage-selected data layers (no sources: DIGITS fills them), fc8's num_output left for DIGITS to set to the
+    number of classes, Accuracy in stage val, the loss outside deploy and a Softmax in deploy."""
+    n, val = NetSpec(), NetSpec()
+    n.data, n.label = L.Data(name="train-data", ntop=2, batch_size=128, include=dict(stage="train"),
+                             transform_param=dict(mirror=True, crop_size=227))
+    val.data, val.label = L.Data(name="val-data", ntop=2, batch_size=32, include=dict(stage="val"),
+                                 transform_param=dict(crop_size=227))
+    fc8 = _alexnet_body(n, n.data, lrn_first=True, style="full", bias=0.1, head_outputs=None)
+    n.accuracy = L.Accuracy(fc8, n.label, include=dict(stage="val"))
+    n.loss = L.SoftmaxWithLoss(fc8, n.label, exclude=dict(stage="deploy"))
+    n.softmax = L.Softmax(fc8, include=dict(stage="deploy"))
+    return _with_second_data_layer(n, val, "AlexNet")
+
+
+# ------------------------------------------------------------------------------------------------- GoogLeNet
+GOOGLENET_MODULES = [("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64), "pool3",
+                     ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64),
+                     ("4c", 128, 128, 256, 24, 64, 64), ("4d", 112, 144, 288, 32, 64, 64),
+                     ("4e", 256, 160, 320, 32, 128, 128), "pool4", ("5a", 256, 160, 320, 32, 128, 128),
+                     ("5b", 384, 192, 384, 48, 128, 128)]
+AUX_HEADS = {"4a": 1, "4d": 2}  # the auxiliary classifiers branch off these modules' outputs
+
+
+def _xavier(std=None):
+    # BVLC writes a std into most xavier fillers; Caffe's XavierFiller ignores it, the files keep it.
+    return dict(type="xavier") if std is None else dict(type="xavier", std=std)
+
+
+def _googlenet_body(n: NetSpec, bottom, *, aux=None, classes: int | None = 1000):
+    """BVLC GoogLeNet from the stem to loss3/classifier: every convolution xavier + bias 0.2 with BVLC's
+    multipliers; `aux(n, top, k)` adds auxiliary head k after inception_4a (k=1) and inception_4d (k=2)."""
+
+    def conv_relu(bottom, name, relu, num_output, kernel, std, pad=0, stride=1):
+        kw = dict(param=_mults(), num_output=num_output, kernel_size=kernel, weight_filler=_xavier(std),
+                  bias_filler=dict(type="constant", value=0.2))
+        if pad:
+            kw["pad"] = pad
+        if stride != 1:
+            kw["stride"] = stride
+        n[name] = L.Convolution(bottom, **kw)
+        n[relu] = L.ReLU(n[name], in_place=True)
+        return n[relu]
+
+    def lrn(bottom):
+        return L.LRN(bottom, local_size=5, alpha=0.0001, beta=0.75)
+
+    top = conv_relu(bottom, "conv1/7x7_s2", "conv1/relu_7x7", 64, 7, 0.1, pad=3, stride=2)
+    n["pool1/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+    n["pool1/norm1"] = lrn(n["pool1/3x3_s2"])
+    top = conv_relu(n["pool1/norm1"], "conv2/3x3_reduce", "conv2/relu_3x3_reduce", 64, 1, 0.1)
+    top = conv_relu(top, "conv2/3x3", "conv2/relu_3x3", 192, 3, 0.03, pad=1)
+    n["conv2/norm2"] = lrn(top)
+    n["pool2/3x3_s2"] = L.Pooling(n["conv2/norm2"], pool=P.Pooling.MAX, kernel_size=3, stride=2)
+    top = n["pool2/3x3_s2"]
+    for m in GOOGLENET_MODULES:
+        if isinstance(m, str):
+            n[f"{m}/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
+            top = n[f"{m}/3x3_s2"]
+            continue
+        tag, c1, r3, c3, r5, c5, pp = m
+        b = f"inception_{tag}"
+        b1 = conv_relu(top, f"{b}/1x1", f"{b}/relu_1x1", c1, 1, 0.03)
+        b3 = conv_relu(top, f"{b}/3x3_reduce", f"{b}/relu_3x3_reduce", r3, 1, 0.09)
+        b3 = conv_relu(b3, f"{b}/3x3", f"{b}/relu_3x3", c3, 3, 0.03, pad=1)
+        b5 = conv_relu(top, f"{b}/5x5_reduce", f"{b}/relu_5x5_reduce", r5, 1, 0.2)
+        b5 = conv_relu(b5, f"{b}/5x5", f"{b}/relu_5x5", c5, 5, 0.03, pad=2)
+        n[f"{b}/pool"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=1, pad=1)
+        bp = conv_relu(n[f"{b}/pool"], f"{b}/pool_proj", f"{b}/relu_pool_proj", pp, 1, 0.1)
+        n[f"{b}/output"] = L.Concat(b1, b3, b5, bp)
+        top = n[f"{b}/output"]
+        if aux is not None and tag in AUX_HEADS:
+            aux(n, top, AUX_HEADS[tag])
+    n["pool5/7x7_s1"] = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=7, stride=1)
+    n["pool5/drop_7x7_s1"] = L.Dropout(n["pool5/7x7_s1"], in_place=True, dropout_ratio=0.4)
+    kw = dict(param=_mults(), weight_filler=_xavier(), bias_filler=dict(type="constant", value=0))
+    if classes is not None:
+        kw["num_output"] = classes
+    n["loss3/classifier"] = L.InnerProduct(n["pool5/drop_7x7_s1"], **kw)
+    return n["loss3/classifier"]
+
+
+def _aux_head(n: NetSpec, top, k: int, *, classes: int | None, rule: dict):
+    """loss{k}/: 5x5/3 average pool, 1x1 conv 128, fc 1024, dropout 0.7, classifier; `rule` (DIGITS' exclude
+    from deploy, or nothing) goes on each layer.  Returns the classifier's top."""
+    p = f"loss{k}"
+    n[f"{p}/ave_pool"] = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=5, stride=3, **rule)
+    n[f"{p}/conv"] = L.Convolution(n[f"{p}/ave_pool"], param=_mults(), num_output=128, kernel_size=1,
+                                   weight_filler=_xavier(0.08), bias_filler=dict(type="constant", value=0.2), **rule)
+    n[f"{p}/relu_conv"] = L.ReLU(n[f"{p}/conv"], in_place=True, **rule)
+    n[f"{p}/fc"] = L.InnerProduct(n[f"{p}/relu_conv"], param=_mults(), num_output=1024, weight_filler=_xavier(0.02),
+                                  bias_filler=dict(type="constant", value=0.2), **rule)
+    n[f"{p}/relu_fc"] = L.ReLU(n[f"{p}/fc"], in_place=True, **rule)
+    n[f"{p}/drop_fc"] = L.Dropout(n[f"{p}/relu_fc"], in_place=True, dropout_ratio=0.7, **rule)
+    kw = dict(param=_mults(), weight_filler=_xavier(0.0009765625), bias_filler=dict(type="constant", value=0))
+    if classes is not None:
+        kw["num_output"] = classes
+    n[f"{p}/classifier"] = L.InnerProduct(n[f"{p}/drop_fc"], **kw, **rule)
+    return n[f"{p}/classifier"]
+
+
+def googlenet_deploy() -> caffe_pb2.NetParameter:
+    """BVLC GoogLeNet (models/bvlc_googlenet/deploy.prototxt; Szegedy et al. 2014): inception modules of 1x1,
+    3x3 and 5x5 convolutions and a pooled projection, concatenated; LRN after the stem; global 7x7 average pool;
+    the auxiliary heads are training-only and absent."""
+    n = NetSpec()
+    _input(n, 224, batch=10)
+    n.prob = L.Softmax(_googlenet_body(n, n.data))
+    return _named(n, "GoogleNet")
+
+
+def _googlenet_data(n: NetSpec, phase: str, batch_size: int, mirror: bool) -> None:
+    n.data, n.label = L.Data(include=dict(phase=phase), ntop=2, source=IMAGENET_TRAIN_LMDB if phase == "TRAIN"
+                             else IMAGENET_VAL_LMDB, batch_size=batch_size, backend=P.Data.LMDB,
+                             transform_param=dict(mirror=mirror, crop_size=224, mean_value=[104, 117, 123]))
+
+
+def googlenet_train_val() -> caffe_pb2.NetParameter:
+    """BVLC GoogLeNet's train_val: LMDB data less the mean pixel (104, 117, 123), crop 224, batch 32/50; two
+    auxiliary heads whose losses weigh 0.3; top-1 and top-5 Accuracy of all three classifiers in TEST."""
+
+    def scores(n, classifier, prefix, loss_weight):
+        # BVLC's names, quirks kept: layers loss1/loss, loss2/loss and loss3/loss3 with tops loss1/loss1,
+        # loss2/loss1 and loss3/loss3.
+        name, top = ("loss3/loss3", "loss3/loss3") if prefix == "loss3" else (f"{prefix}/loss", f"{prefix}/loss1")
+        n[top] = L.SoftmaxWithLoss(classifier, n.label, name=name, loss_weight=loss_weight)
+        n[f"{prefix}/top-1"] = L.Accuracy(classifier, n.label, include=dict(phase="TEST"))
+        n[f"{prefix}/top-5"] = L.Accuracy(classifier, n.label, include=dict(phase="TEST"), top_k=5)
+
+    def aux(n, top, k):
+        scores(n, _aux_head(n, top, k, classes=1000, rule={}), f"loss{k}", 0.3)
+
+    n, test = NetSpec(), NetSpec()
+    _googlenet_data(n, "TRAIN", 32, True)
+    _googlenet_data(test, "TEST", 50, False)
+    scores(n, _googlenet_body(n, n.data, aux=aux), "loss3", 1)
+    return _with_second_data_layer(n, test, "GoogleNet")
+
+
+def digits_googlenet() -> caffe_pb2.NetParameter:
+    """DIGITS' standard GoogLeNet (digits/standard-networks/caffe/googlenet.prototxt): BVLC's GoogLeNet with
+    stage-selected data layers (crop 224, no mean: DIGITS adds its own), every classifier's num_output left for
+    DIGITS, the auxiliary heads excluded from deploy, Accuracy in stage val and a Softmax in deploy."""
+    deploy_out = dict(exclude=dict(stage="deploy"))
+    in_val = dict(include=dict(stage="val"))
+
+    def scores(n, classifier, prefix, loss_top, loss_weight, accuracy_top, rule):
+        n[loss_top] = L.SoftmaxWithLoss(classifier, n.label, name=f"{prefix}/loss", loss_weight=loss_weight, **rule)
+        n[accuracy_top] = L.Accuracy(classifier, n.label, name=f"{prefix}/top-1", **in_val)
+        n[f"{accuracy_top}-top5"] = L.Accuracy(classifier, n.label, name=f"{prefix}/top-5", top_k=5, **in_val)
+
+    def aux(n, top, k):
+        classifier = _aux_head(n, top, k, classes=None, rule=deploy_out)
+        scores(n, classifier, f"loss{k}", f"loss{k}/loss", 0.3, f"loss{k}/accuracy", deploy_out)
+
+    n, val = NetSpec(), NetSpec()
+    n.data, n.label = L.Data(name="train-data", ntop=2, batch_size=32, include=dict(stage="train"),
+                             transform_param=dict(mirror=True, crop_size=224))
+    val.data, val.label = L.Data(name="val-data", ntop=2, batch_size=16, include=dict(stage="val"),
+                                 transform_param=dict(mirror=False, crop_size=224))
+    classifier = _googlenet_body(n, n.data, aux=aux, classes=None)
+    scores(n, classifier, "loss3", "loss", 1, "accuracy", deploy_out)
+    n.softmax = L.Softmax(classifier, include=dict(stage="deploy"))
+    return _with_second_data_layer(n, val, "GoogleNet")
+
+
+# ----------------------------------------------------------------------------------- other deploy-only nets
+def vgg16() -> caffe_pb2.NetParameter:
     """VGG-16 (Simonyan & Zisserman, VGG_ILSVRC_16_layers_deploy.prototxt): 13 3x3 convs, 3 FC layers."""
     n = NetSpec()
     _input(n, 224)
@@ -89,9 +389,7 @@ def vgg16() -> tuple[NetSpec, dict]:
         top = getattr(n, f"drop{i}")
     n.fc8 = L.InnerProduct(top, num_output=1000)
     n.prob = L.Softmax(n.fc8)
-    shapes = {"conv1_2": (1, 64, 224, 224), "pool1": (1, 64, 112, 112), "pool3": (1, 256, 28, 28),
-              "pool5": (1, 512, 7, 7), "fc7": (1, 4096), "prob": (1, 1000)}
-    return n, shapes
+    return _named(n, "VGG_ILSVRC_16_layers")
 
 
 def _bn_scale(n: NetSpec, bottom, name: str, relu: bool):
@@ -105,7 +403,7 @@ def _bn_scale(n: NetSpec, bottom, name: str, relu: bool):
     return top
 
 
-def resnet50() -> tuple[NetSpec, dict]:
+def resnet50() -> caffe_pb2.NetParameter:
     """ResNet-50 (He et al., KaimingHe/deep-residual-networks ResNet-50-deploy.prototxt): bottleneck blocks with
     BatchNorm + Scale, projection shortcuts at the first block of each stage."""
     n = NetSpec()
@@ -134,13 +432,10 @@ def resnet50() -> tuple[NetSpec, dict]:
     n.pool5 = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=7, stride=1)
     n.fc1000 = L.InnerProduct(n.pool5, num_output=1000)
     n.prob = L.Softmax(n.fc1000)
-    shapes = {"conv1": (1, 64, 112, 112), "pool1": (1, 64, 56, 56), "res2c": (1, 256, 56, 56),
-              "res3a": (1, 512, 28, 28), "res4f": (1, 1024, 14, 14), "res5c": (1, 2048, 7, 7),
-              "pool5": (1, 2048, 1, 1), "prob": (1, 1000)}
-    return n, shapes
+    return _named(n, "ResNet-50")
 
 
-def squeezenet11() -> tuple[NetSpec, dict]:
+def squeezenet11() -> caffe_pb2.NetParameter:
     """SqueezeNet v1.1 (Iandola et al., DeepScale/SqueezeNet deploy.prototxt): fire modules, global average pool."""
     n = NetSpec()
     _input(n, 227)
@@ -171,13 +466,10 @@ def squeezenet11() -> tuple[NetSpec, dict]:
     n.relu_conv10 = L.ReLU(n.conv10, in_place=True)
     n.pool10 = L.Pooling(n.relu_conv10, pool=P.Pooling.AVE, global_pooling=True)
     n.prob = L.Softmax(n.pool10)
-    shapes = {"conv1": (1, 64, 113, 113), "pool1": (1, 64, 56, 56), "fire2/concat": (1, 128, 56, 56),
-              "pool3": (1, 128, 28, 28), "pool5": (1, 256, 14, 14), "fire9/concat": (1, 512, 14, 14),
-              "conv10": (1, 1000, 14, 14), "pool10": (1, 1000, 1, 1), "prob": (1, 1000, 1, 1)}
-    return n, shapes
+    return _named(n, "SqueezeNet_v1.1")
 
 
-def mobilenet_v1() -> tuple[NetSpec, dict]:
+def mobilenet_v1() -> caffe_pb2.NetParameter:
     """MobileNet v1 1.0/224 (Howard et al.; the shicai/MobileNet-Caffe deploy layout): depthwise 3x3
     convolutions (group = channels) each followed by a 1x1 pointwise convolution, BatchNorm + Scale + ReLU."""
     n = NetSpec()
@@ -196,86 +488,268 @@ def mobilenet_v1() -> tuple[NetSpec, dict]:
     n.pool6 = L.Pooling(top, pool=P.Pooling.AVE, global_pooling=True)
     n.fc7 = conv(n.pool6, 1000, 1)
     n.prob = L.Softmax(n.fc7)
-    shapes = {"conv1": (1, 32, 112, 112), "conv2_dw": (1, 32, 112, 112), "conv4_dw": (1, 128, 56, 56),
-              "conv7_pw": (1, 512, 14, 14), "conv14_pw": (1, 1024, 7, 7), "pool6": (1, 1024, 1, 1),
-              "prob": (1, 1000, 1, 1)}
-    return n, shapes
+    return _named(n, "MobileNet-v1")
 
 
-def googlenet() -> tuple[NetSpec, dict]:
-    """BVLC GoogLeNet (models/bvlc_googlenet/deploy.prototxt; Szegedy et al. 2014): inception modules of 1x1,
-    3x3 and 5x5 convolutions and a pooled projection, concatenated; LRN after the stem; global 7x7 average pool."""
-    n = NetSpec()
-    _input(n, 224)
-    xav = dict(type="xavier")
+# --------------------------------------------------------------------------------------------------- solvers
+def _step_solver(prefix: str, **overrides) -> caffe_pb2.SolverParameter:
+    """BVLC's ImageNet recipe for CaffeNet and AlexNet: SGD, lr 0.01 divided by 10 every 100,000 iterations,
+    momentum 0.9, weight decay 5e-4, 450,000 iterations, a 1,000-batch test every 1,000."""
+    fields = dict(net="train_val.prototxt", test_iter=[1000], test_interval=1000, base_lr=0.01, lr_policy="step",
+                  gamma=0.1, stepsize=100000, display=20, max_iter=450000, momentum=0.9, weight_decay=0.0005,
+                  snapshot=10000, snapshot_prefix=prefix, solver_mode=caffe_pb2.SolverParameter.GPU)
+    fields.update(overrides)
+    return caffe_pb2.SolverParameter(**{k: v for k, v in fields.items() if v is not None})
 
-    def cr(bottom, name, num, k, stride=1, pad=0):
-        n[name] = conv(bottom, num, k, stride=stride, pad=pad, filler=xav)
-        relu = name.rsplit("/", 1)[0] + "/relu_" + name.rsplit("/", 1)[1] if "/" in name else name + "_relu"
-        n[relu] = L.ReLU(n[name], in_place=True)
-        return n[relu]
 
-    top = cr(n.data, "conv1/7x7_s2", 64, 7, stride=2, pad=3)
-    n["pool1/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    n["pool1/norm1"] = L.LRN(n["pool1/3x3_s2"], local_size=5, alpha=1e-4, beta=0.75)
-    top = cr(n["pool1/norm1"], "conv2/3x3_reduce", 64, 1)
-    top = cr(top, "conv2/3x3", 192, 3, pad=1)
-    n["conv2/norm2"] = L.LRN(top, local_size=5, alpha=1e-4, beta=0.75)
-    n["pool2/3x3_s2"] = L.Pooling(n["conv2/norm2"], pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    top = n["pool2/3x3_s2"]
-    modules = [("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64), "pool3",
-               ("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64), ("4c", 128, 128, 256, 24, 64, 64),
-               ("4d", 112, 144, 288, 32, 64, 64), ("4e", 256, 160, 320, 32, 128, 128), "pool4",
-               ("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128)]
-    for m in modules:
-        if isinstance(m, str):
-            n[f"{m}/3x3_s2"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-            top = n[f"{m}/3x3_s2"]
+def caffenet_solver():
+    return _step_solver("caffenet_train")
+
+
+def alexnet_solver():
+    return _step_solver("caffe_alexnet_train")
+
+
+def flickr_solver():
+    # Fine-tuning: a tenth of the rate, stepped 5x sooner; BVLC leaves solver_mode at its default (GPU).
+    return _step_solver("finetune_flickr_style", test_iter=[100], base_lr=0.001, stepsize=20000,
+                        max_iter=100000, solver_mode=None)
+
+
+def _googlenet_solver(prefix: str, **schedule) -> caffe_pb2.SolverParameter:
+    return caffe_pb2.SolverParameter(net="train_val.prototxt", test_iter=[1000], test_interval=4000,
+                                     test_initialization=False, display=40, average_loss=40, base_lr=0.01,
+                                     max_iter=schedule.pop("max_iter"), momentum=0.9, weight_decay=0.0002,
+                                     snapshot=40000, snapshot_prefix=prefix,
+                                     solver_mode=caffe_pb2.SolverParameter.GPU, **schedule)
+
+
+def googlenet_solver():
+    return _googlenet_solver("bvlc_googlenet", lr_policy="step", stepsize=320000, gamma=0.96, max_iter=10000000)
+
+
+def googlenet_quick_solver():
+    return _googlenet_solver("bvlc_googlenet_quick", lr_policy="poly", power=0.5, max_iter=2400000)
+
+
+# ------------------------------------------------------------------------------------------------- the files
+# relative path -> builder.  The deploy files of the nets that had no other file keep their one-word labels.
+FILES = {
+    "caffenet/deploy.prototxt": caffenet_deploy,
+    "caffenet/train_val.prototxt": caffenet_train_val,
+    "caffenet/solver.prototxt": caffenet_solver,
+    "alexnet/deploy.prototxt": alexnet_deploy,
+    "alexnet/train_val.prototxt": alexnet_train_val,
+    "alexnet/solver.prototxt": alexnet_solver,
+    "googlenet/deploy.prototxt": googlenet_deploy,
+    "googlenet/train_val.prototxt": googlenet_train_val,
+    "googlenet/solver.prototxt": googlenet_solver,
+    "googlenet/quick_solver.prototxt": googlenet_quick_solver,
+    "rcnn_ilsvrc13/deploy.prototxt": rcnn_deploy,
+    "flickr_style/deploy.prototxt": flickr_deploy,
+    "flickr_style/train_val.prototxt": flickr_train_val,
+    "flickr_style/solver.prototxt": flickr_solver,
+    "digits-alexnet/alexnet.prototxt": digits_alexnet,
+    "digits-googlenet/googlenet.prototxt": digits_googlenet,
+    "vgg16/deploy.prototxt": vgg16,
+    "resnet50/deploy.prototxt": resnet50,
+    "squeezenet1.1/deploy.prototxt": squeezenet11,
+    "mobilenet_v1/deploy.prototxt": mobilenet_v1,
+}
+
+NOTES = {
+    "caffenet/solver.prototxt": "BVLC's models/bvlc_reference_caffenet/solver.prototxt; paths relative to this folder.",
+    "alexnet/solver.prototxt": "BVLC's models/bvlc_alexnet/solver.prototxt; paths relative to this folder.",
+    "googlenet/solver.prototxt": "BVLC's models/bvlc_googlenet/solver.prototxt; paths relative to this folder.",
+    "googlenet/quick_solver.prototxt": "BVLC's models/bvlc_googlenet/quick_solver.prototxt: the poly schedule, "
+                                       "4x fewer iterations.",
+    "flickr_style/solver.prototxt": "BVLC's models/finetune_flickr_style/solver.prototxt; start from CaffeNet's "
+                                    "weights (--weights).",
+    "digits-alexnet/alexnet.prototxt": "DIGITS fills the data sources, the mean and fc8's num_output (the number "
+                                       "of classes).",
+    "digits-googlenet/googlenet.prototxt": "DIGITS fills the data sources, the mean and the three classifiers' "
+                                           "num_output (the number of classes).",
+}
+
+NET_FILES = [p for p in FILES if not p.endswith("solver.prototxt")]
+SOLVER_FILES = [p for p in FILES if p.endswith("solver.prototxt")]
+
+
+def build(path: str):
+    """The message (NetParameter or SolverParameter) FILES[path] describes."""
+    return FILES[path]()
+
+
+def render(path: str) -> str:
+    folder, name = path.split("/")
+    label = folder if name == "deploy.prototxt" else path
+    header = f"# Generated by zoo/generate.py ({label}); do not edit by hand.\n"
+    if path in NOTES:
+        header += f"# {NOTES[path]}\n"
+    return header + str(build(path))
+
+
+# ------------------------------------------------------------------------------------- what the tests expect
+# Per-image shapes (batch axis left out) at checkpoints, derived by hand from the layer parameters:
+# convolution out = floor((in + 2 pad - kernel) / stride) + 1; Caffe's pooling rounds up,
+# out = ceil((in + 2 pad - kernel) / stride) + 1 (GoogLeNet's 112 -> 56 where floor would give 55).
+_CAFFENET = {"data": (3, 227, 227), "conv1": (96, 55, 55), "pool1": (96, 27, 27), "norm1": (96, 27, 27),
+             "conv2": (256, 27, 27), "pool2": (256, 13, 13), "norm2": (256, 13, 13), "conv3": (384, 13, 13),
+             "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6), "fc6": (4096,),
+             "fc7": (4096,)}
+_ALEXNET = {**_CAFFENET, "norm1": (96, 55, 55), "norm2": (256, 27, 27)}
+_GOOGLENET = {"data": (3, 224, 224), "conv1/7x7_s2": (64, 112, 112), "pool1/3x3_s2": (64, 56, 56),
+              "conv2/3x3": (192, 56, 56), "pool2/3x3_s2": (192, 28, 28), "inception_3a/output": (256, 28, 28),
+              "inception_3b/output": (480, 28, 28), "pool3/3x3_s2": (480, 14, 14),
+              "inception_4a/output": (512, 14, 14), "inception_4b/output": (512, 14, 14),
+              "inception_4c/output": (512, 14, 14), "inception_4d/output": (528, 14, 14),
+              "inception_4e/output": (832, 14, 14), "pool4/3x3_s2": (832, 7, 7),
+              "inception_5a/output": (832, 7, 7), "inception_5b/output": (1024, 7, 7),
+              "pool5/7x7_s1": (1024, 1, 1)}
+_GOOGLENET_AUX = {"loss1/ave_pool": (512, 4, 4), "loss1/conv": (128, 4, 4), "loss1/fc": (1024,),
+                  "loss2/ave_pool": (528, 4, 4), "loss2/conv": (128, 4, 4), "loss2/fc": (1024,)}
+CHECKPOINTS = {
+    "caffenet/deploy.prototxt": {**_CAFFENET, "fc8": (1000,), "prob": (1000,)},
+    "caffenet/train_val.prototxt": {**_CAFFENET, "fc8": (1000,)},
+    "alexnet/deploy.prototxt": {**_ALEXNET, "fc8": (1000,), "prob": (1000,)},
+    "alexnet/train_val.prototxt": {**_ALEXNET, "fc8": (1000,)},
+    "rcnn_ilsvrc13/deploy.prototxt": {**_CAFFENET, "fc-rcnn": (200,)},
+    "flickr_style/deploy.prototxt": {**_CAFFENET, "fc8_flickr": (20,), "prob": (20,)},
+    "flickr_style/train_val.prototxt": {**_CAFFENET, "fc8_flickr": (20,)},
+    "googlenet/deploy.prototxt": {**_GOOGLENET, "loss3/classifier": (1000,), "prob": (1000,)},
+    "googlenet/train_val.prototxt": {**_GOOGLENET, **_GOOGLENET_AUX, "loss1/classifier": (1000,),
+                                     "loss2/classifier": (1000,), "loss3/classifier": (1000,)},
+    "digits-alexnet/alexnet.prototxt": _ALEXNET,
+    "digits-googlenet/googlenet.prototxt": _GOOGLENET,
+    "vgg16/deploy.prototxt": {"data": (3, 224, 224), "conv1_2": (64, 224, 224), "pool1": (64, 112, 112),
+                              "pool3": (256, 28, 28), "pool5": (512, 7, 7), "fc7": (4096,), "prob": (1000,)},
+    "resnet50/deploy.prototxt": {"conv1": (64, 112, 112), "pool1": (64, 56, 56), "res2c": (256, 56, 56),
+                                 "res3a": (512, 28, 28), "res4f": (1024, 14, 14), "res5c": (2048, 7, 7),
+                                 "pool5": (2048, 1, 1), "prob": (1000,)},
+    "squeezenet1.1/deploy.prototxt": {"conv1": (64, 113, 113), "pool1": (64, 56, 56), "fire2/concat": (128, 56, 56),
+                                      "pool3": (128, 28, 28), "pool5": (256, 14, 14), "fire9/concat": (512, 14, 14),
+                                      "conv10": (1000, 14, 14), "pool10": (1000, 1, 1), "prob": (1000, 1, 1)},
+    "mobilenet_v1/deploy.prototxt": {"conv1": (32, 112, 112), "conv2_dw": (32, 112, 112),
+                                     "conv4_dw": (128, 56, 56), "conv7_pw": (512, 14, 14),
+                                     "conv14_pw": (1024, 7, 7), "pool6": (1024, 1, 1), "prob": (1000, 1, 1)},
+}
+
+
+class ShapeError(ValueError):
+    """blob_shapes met a layer whose shape arithmetic it does not know, or an impossible geometry."""
+
+
+def _meets(rule, phase: int, stages) -> bool:
+    """Caffe's StateMeetsRule for phase and stages (the zoo uses no levels)."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    return all(s in stages for s in rule.stage) and not any(s in stages for s in rule.not_stage)
+
+
+def included(layer, phase: int, stages=()) -> bool:
+    """Caffe's rule: with include rules, in iff one is met; otherwise in unless an exclude rule is met."""
+    if layer.include:
+        return any(_meets(r, phase, stages) for r in layer.include)
+    return not any(_meets(r, phase, stages) for r in layer.exclude)
+
+
+def _hw(p, base: str, generic: str, default: int) -> tuple[int, int]:
+    """(h, w) of a geometry field: `<base>_h`/`<base>_w` when given, else the generic field (Convolution's is
+    repeated: one value for both axes or one per axis), else the default."""
+    if p.HasField(f"{base}_h") or p.HasField(f"{base}_w"):
+        return getattr(p, f"{base}_h"), getattr(p, f"{base}_w")
+    value = getattr(p, generic)
+    if isinstance(value, int):
+        return (value, value) if p.HasField(generic) else (default, default)
+    return (value[0], value[-1]) if len(value) else (default, default)
+
+
+def _geometry(p) -> tuple:
+    return _hw(p, "kernel", "kernel_size", 0), _hw(p, "stride", "stride", 1), _hw(p, "pad", "pad", 0)
+
+
+def blob_shapes(net: caffe_pb2.NetParameter, phase: int, stages=(), image=(3, 256, 256)) -> dict:
+    """Every top blob of `net` in state (phase, stages), with the shape Caffe gives it; `image` is the (C, H, W)
+    of what Data and ImageData layers read before their crop (ImageData's new_height/new_width win).  Split
+    blobs, which Caffe inserts itself, are not listed."""
+    shapes = {}
+    for name, shape in zip(net.input, net.input_shape):
+        shapes[name] = tuple(shape.dim)
+    for layer in net.layer:
+        if not included(layer, phase, stages):
             continue
-        tag, c1, r3, c3, r5, c5, pp = m
-        base = f"inception_{tag}"
-        b1 = cr(top, f"{base}/1x1", c1, 1)
-        b3 = cr(cr(top, f"{base}/3x3_reduce", r3, 1), f"{base}/3x3", c3, 3, pad=1)
-        b5 = cr(cr(top, f"{base}/5x5_reduce", r5, 1), f"{base}/5x5", c5, 5, pad=2)
-        n[f"{base}/pool"] = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=1, pad=1)
-        bp = cr(n[f"{base}/pool"], f"{base}/pool_proj", pp, 1)
-        n[f"{base}/output"] = L.Concat(b1, b3, b5, bp)
-        top = n[f"{base}/output"]
-    n["pool5/7x7_s1"] = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=7, stride=1)
-    n["pool5/drop_7x7_s1"] = L.Dropout(n["pool5/7x7_s1"], in_place=True, dropout_ratio=0.4)
-    n["loss3/classifier"] = L.InnerProduct(n["pool5/drop_7x7_s1"], num_output=1000, weight_filler=xav,
-                                           bias_filler=dict(type="constant"))
-    n.prob = L.Softmax(n["loss3/classifier"])
-    shapes = {"conv1/7x7_s2": (1, 64, 112, 112), "pool1/3x3_s2": (1, 64, 56, 56), "pool2/3x3_s2": (1, 192, 28, 28),
-              "inception_3a/output": (1, 256, 28, 28), "inception_3b/output": (1, 480, 28, 28),
-              "pool3/3x3_s2": (1, 480, 14, 14), "inception_4e/output": (1, 832, 14, 14),
-              "pool4/3x3_s2": (1, 832, 7, 7), "inception_5b/output": (1, 1024, 7, 7), "pool5/7x7_s1": (1, 1024, 1, 1),
-              "prob": (1, 1000)}
-    return n, shapes
+        try:
+            bottoms = [shapes[b] for b in layer.bottom]
+        except KeyError as e:
+            raise ShapeError(f'layer "{layer.name}": bottom {e} is not produced before it') from None
+        tops = _layer_tops(layer, bottoms, image)
+        for t, s in zip(layer.top, tops):
+            shapes[t] = s
+    return shapes
 
 
-NETS = {"caffenet": (caffenet, "CaffeNet"), "googlenet": (googlenet, "GoogleNet"), "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
-        "resnet50": (resnet50, "ResNet-50"), "squeezenet1.1": (squeezenet11, "SqueezeNet_v1.1"),
-        "mobilenet_v1": (mobilenet_v1, "MobileNet-v1")}
+def _layer_tops(layer, bottoms, image) -> list[tuple]:
+    t = layer.type
+    if t == "Input":
+        dims = [tuple(s.dim) for s in layer.input_param.shape]
+        return dims if len(dims) == len(layer.top) else dims * len(layer.top)
+    if t in ("Data", "ImageData"):
+        tp = layer.transform_param
+        if t == "Data":
+            batch, (c, h, w) = layer.data_param.batch_size, image
+        else:
+            p = layer.image_data_param
+            batch, c = p.batch_size, (3 if p.is_color else 1)
+            h, w = (p.new_height, p.new_width) if p.new_height else image[1:]
+        if tp.crop_size:
+            h = w = tp.crop_size
+        return [(batch, c, h, w), (batch,)]
+    if t in ("ReLU", "Dropout", "LRN", "Softmax", "Power", "Sigmoid", "TanH", "BatchNorm", "Scale", "Eltwise"):
+        return [bottoms[0]]
+    if t in ("SoftmaxWithLoss", "Accuracy"):
+        return [()]
+    if t == "Concat":
+        axis = layer.concat_param.axis
+        out = list(bottoms[0])
+        out[axis] = sum(b[axis] for b in bottoms)
+        return [tuple(out)]
+    if t == "InnerProduct":
+        axis = layer.inner_product_param.axis
+        return [tuple(bottoms[0][:axis]) + (layer.inner_product_param.num_output,)]
+    if t == "Convolution":
+        p = layer.convolution_param
+        (kh, kw), (sh, sw), (ph, pw) = _geometry(p)
+        dilation = p.dilation[0] if len(p.dilation) else 1
+        n, _, h, w = bottoms[0]
+        oh = (h + 2 * ph - (dilation * (kh - 1) + 1)) // sh + 1
+        ow = (w + 2 * pw - (dilation * (kw - 1) + 1)) // sw + 1
+        return [(n, p.num_output, oh, ow)]
+    if t == "Pooling":
+        p = layer.pooling_param
+        n, c, h, w = bottoms[0]
+        if p.global_pooling:
+            return [(n, c, 1, 1)]
+        (kh, kw), (sh, sw), (ph, pw) = _geometry(p)
+        rnd = math.floor if p.round_mode == caffe_pb2.PoolingParameter.FLOOR else math.ceil
+        oh, ow = rnd((h + 2 * ph - kh) / sh) + 1, rnd((w + 2 * pw - kw) / sw) + 1
+        # The last window must start inside the image (plus the top/left pad).
+        if ph and (oh - 1) * sh >= h + ph:
+            oh -= 1
+        if pw and (ow - 1) * sw >= w + pw:
+            ow -= 1
+        return [(n, c, oh, ow)]
+    raise ShapeError(f'layer "{layer.name}": no shape rule for type {t}')
 
 
-def render(key: str) -> tuple[str, dict]:
-    build, name = NETS[key]
-    spec, shapes = build()
-    param = spec.to_proto()
-    param.name = name
-    header = f"# Generated by zoo/generate.py ({key}); do not edit by hand.\n"
-    return header + str(param), shapes
-
-
+# ---------------------------------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     stale = []
-    for key in NETS:
-        text, _ = render(key)
-        path = ROOT / key / "deploy.prototxt"
+    for rel in FILES:
+        text = render(rel)
+        path = ROOT / rel
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
