@@ -4,7 +4,7 @@ from .base import Layer, is_meta, layer_class, layer_type_list, register  # noqa
 # Importing a family module registers its layers.
 from . import (  # noqa: F401,E402
     common, common_extra, data, data_output, data_sources, loss, loss_extra, neuron, neuron_extra, norm, python,
-    recurrent, vision,
+    recurrent, vision, window_data,
 )
 
 __all__ = ["Layer", "register", "layer_class", "layer_type_list", "is_meta"]

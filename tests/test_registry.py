@@ -23,6 +23,16 @@ def labels(n, classes, seed=1):
     return np.random.default_rng(seed).integers(0, classes, size=n).astype(np.float64)
 
 
+def window_file():
+    """WindowData's source, written into the (temporary) working directory: windows of two fixture images."""
+    images = FIXTURES / "layers" / "imagedata"
+    blocks = [f"# {i}\n{images / f'img_{i}.png'}\n3 28 28\n2\n{i + 1} 0.8 2 3 20 25\n0 0.1 0 0 13 13\n"
+              for i in range(2)]
+    with open("windows.txt", "w") as f:
+        f.write("".join(blocks))
+    return []
+
+
 # type -> (layer text, bottoms factory, gradient-check options; None = no backward in Caffe, skip the check)
 CASES = {
     "AbsVal": ('type: "AbsVal"', lambda: [away_from_zero(2, 3, 4)], {}),
@@ -123,6 +133,8 @@ CASES = {
     "Split": ('type: "Split" top: "a" top: "b"', lambda: [normal(2, 3)], {}),
     "Swish": ('type: "Swish" swish_param { beta: 1.5 }', lambda: [normal(2, 3)], {}),
     "TanH": ('type: "TanH"', lambda: [normal(2, 3)], {}),
+    "WindowData": ('type: "WindowData" top: "data" top: "label" transform_param { crop_size: 12 mirror: true } '
+                   'window_data_param { source: "windows.txt" batch_size: 4 context_pad: 2 }', window_file, None),
     "Threshold": ('type: "Threshold" threshold_param { threshold: 0.2 }', lambda: [normal(2, 3)], None),
     "Tile": ('type: "Tile" tile_param { axis: 1 tiles: 3 }', lambda: [normal(2, 2, 3)], {}),
 }
@@ -131,8 +143,8 @@ CASES = {
 # Source layers that read files run in the fixture folder holding them (Caffe resolves paths against the cwd).
 CWD = {"Data": "layers/data_lmdb_transform", "HDF5Data": "layers/hdf5data", "ImageData": "layers/imagedata",
        "Python": "nets/python_euclidean_loss"}
-# Sink layers that write files run in a fresh temporary folder.
-TMP_CWD = {"HDF5Output"}
+# Sink layers that write files, and WindowData (its window file is written there), run in a fresh temporary folder.
+TMP_CWD = {"HDF5Output", "WindowData"}
 
 
 def test_every_registered_type_has_a_case():
@@ -143,7 +155,8 @@ def test_every_registered_type_has_a_case():
 @pytest.mark.parametrize("type_name", sorted(CASES))
 def test_builds_and_runs_forward(type_name, monkeypatch, tmp_path):
     if type_name in TMP_CWD:
-        pytest.importorskip("h5py")
+        if type_name == "HDF5Output":
+            pytest.importorskip("h5py")
         monkeypatch.chdir(tmp_path)
     if type_name in CWD:
         if type_name == "HDF5Data":
