@@ -53,6 +53,12 @@ class LayerPlan:
     loss_weights: list[float] = field(default_factory=list)
 
 
+@torch.compiler.disable
+def _run_eagerly(net: "NetGraph", i: int, bottoms: list[torch.Tensor]) -> tuple:
+    """Run layer `i` outside any compiled graph (torch.compile splits the graph around this call)."""
+    return net._run_layer(i, bottoms)
+
+
 def _module_key(name: str, taken: set[str]) -> str:
     """nn.Module names may not contain '.'; Caffe layer names may.  Keep them readable and unique."""
     key = name.replace(".", "_") or "layer"
@@ -85,6 +91,8 @@ class NetGraph(nn.Module):
         self.inputs: list[str] = []
         self.learnable: list[LearnableParam] = []
         self._tape: dict[int, tuple[list, tuple]] = {}
+        self._plan: list[tuple] | None = None
+        self._compiled = None
         from caffelike.layers.python import net_folder
 
         with net_folder(os.path.dirname(source) if os.path.exists(source) else None):
@@ -307,15 +315,54 @@ class NetGraph(nn.Module):
         if inputs:
             raise CaffeError(f"unknown input blob(s) {sorted(inputs)}; the net's inputs are {self.inputs}")
         self.sync.push()
-        for i, (layer, plan) in enumerate(zip(self._layers, self.plans)):
-            if layer.type == "Input":
-                continue
-            bottoms = [env[b] if nb else env[b].detach() for b, nb in zip(plan.bottoms, plan.bottom_need_backward)]
-            for t, value in zip(plan.tops, self._run_layer(i, bottoms)):
-                env[t] = value
+        env = (self._compiled or self._execute)(env)
+        blobs = self.blobs
         for name, value in env.items():
-            self.blobs[name].set_tensor(value)
+            blobs[name].set_tensor(value)
         return OrderedDict((name, env[name]) for name in self.outputs)
+
+    def _steps(self) -> list[tuple]:
+        """The forward pass planned once: (index, layer, bottoms, bottoms that keep their graph, tops, eager)."""
+        if self._plan is None:
+            self._plan = [(i, layer, tuple(plan.bottoms), tuple(plan.bottom_need_backward), tuple(plan.tops),
+                           layer.runs_eagerly)
+                          for i, (layer, plan) in enumerate(zip(self._layers, self.plans)) if layer.type != "Input"]
+        return self._plan
+
+    def _execute(self, env: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every layer in order on `env` (blob name -> tensor), with no side effect on the net's blobs: the
+        function `compile` hands to torch.compile."""
+        for i, layer, bottoms, keep, tops, eager in self._steps():
+            xs = [env[b] if k else env[b].detach() for b, k in zip(bottoms, keep)]
+            outs = _run_eagerly(self, i, xs) if eager else self._run_layer(i, xs)
+            for t, value in zip(tops, outs):
+                env[t] = value
+        return env
+
+    def compile(self, **options) -> "NetGraph":
+        """Compile the torch path (`forward` / `Net.run`, and so the solver's training step) with torch.compile;
+        `options` go to torch.compile (e.g. mode="reduce-overhead" for CUDA graphs on GPU with static shapes,
+        mode="max-autotune"; dynamic defaults to False, one graph per input shape).  Layers that run Python on
+        the host (data layers, numpy Python layers, HDF5Output) stay outside the compiled graph and run eagerly
+        between its pieces; TorchLayer Python layers are traced like built-in ones.  The pycaffe per-layer path
+        (`Net.forward/backward`) is not affected.  Returns self."""
+        options.setdefault("dynamic", False)
+        self._compiled = torch.compile(self._unrolled(), **options)
+        return self
+
+    def _unrolled(self):
+        """`_execute` as straight-line code, one statement per layer.  torch.compile gives up on a whole loop when
+        a graph break happens inside it (an eager layer is one), but splits straight-line code cleanly around
+        the break and compiles the rest."""
+        lines = ["def execute(env):"]
+        for i, _, bottoms, keep, tops, eager in self._steps():
+            xs = ", ".join(f"env[{b!r}]" if k else f"env[{b!r}].detach()" for b, k in zip(bottoms, keep))
+            lines.append(f"    outs = {'eager' if eager else 'run'}(net, {i}, [{xs}])")
+            lines.extend(f"    env[{t!r}] = outs[{j}]" for j, t in enumerate(tops))
+        lines.append("    return env")
+        scope = {"net": self, "eager": _run_eagerly, "run": NetGraph._run_layer}
+        exec(compile("\n".join(lines), f"<caffelike net {self.name!r}>", "exec"), scope)
+        return scope["execute"]
 
     def loss(self, values: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Caffe's net loss: sum over blobs with a loss weight of weight * sum(blob)."""

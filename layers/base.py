@@ -50,6 +50,12 @@ def layer_type_list() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_compiling() -> bool:
+    """True while torch.compile traces (checks that need the values on the host are skipped there)."""
+    check = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3; torch._dynamo's before
+    return check() if check is not None else torch._dynamo.is_compiling()
+
+
 def is_meta(t: torch.Tensor) -> bool:
     return t.device.type == "meta"
 
@@ -65,7 +71,8 @@ class Layer(nn.Module):
     `exact_bottoms/min_bottoms/max_bottoms`, the same for tops, `equal_bottoms_tops`; `is_loss` (LossLayer:
     a default loss_weight of 1 on top 0 and an automatic top when none is given); `backward_free` for layers
     that have no backward in Caffe (their tops carry no gradient); `forbids_in_place` for Split, Flatten,
-    Reshape.
+    Reshape; `runs_eagerly` for layers whose forward is host-side Python work (reading or writing files, a
+    numpy Python layer), which `NetGraph.compile` leaves out of the compiled graph.
     """
 
     type = ""
@@ -79,12 +86,17 @@ class Layer(nn.Module):
     is_loss = False
     backward_free = False
     forbids_in_place = False
+    runs_eagerly = False
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int):
         super().__init__()
         self.param = param
         self.layer_name = param.name
         self.phase = phase
+        # Plain Python values that forward reads instead of the protobuf: torch.compile cannot trace len() or
+        # HasField() on protobuf messages, and one such call would split the compiled net into pieces.
+        self.num_tops = len(param.top)
+        self.resolved: dict = {}
         self.blobs = nn.ParameterList()
 
     # ----------------------------------------------------------------------------------------------------- net hooks
@@ -144,6 +156,17 @@ class Layer(nn.Module):
         self.blobs.append(p)
         return p
 
+    def optional(self, path: str):
+        """The optional field at `path` under the layer's parameter (e.g. "loss_param.ignore_label"), or None
+        when it is unset; looked up once, so forward code can ask it under torch.compile (no HasField there)."""
+        if path not in self.resolved:
+            *parents, leaf = path.split(".")
+            msg = self.param
+            for name in parents:
+                msg = getattr(msg, name)
+            self.resolved[path] = getattr(msg, leaf) if msg.HasField(leaf) else None
+        return self.resolved[path]
+
     def canonical_axis(self, axis: int, num_axes: int, what: str = "axis") -> int:
         """Caffe's CanonicalAxisIndex: -num_axes <= axis < num_axes, negatives count from the end."""
         if not -num_axes <= axis < num_axes:
@@ -156,7 +179,10 @@ class Layer(nn.Module):
 
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
     """Number of elements of `shape[start:end]` (Caffe's Blob::count(start, end))."""
-    return math.prod(int(d) for d in shape[start:end])
+    n = 1
+    for d in shape[start:end]:  # a plain loop, not math.prod(generator): torch.compile traces it without a break
+        n *= int(d)
+    return n
 
 
 def spatial_values(msg, repeated: str, prefix: str | None, num_spatial: int, default: int,

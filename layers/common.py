@@ -18,20 +18,26 @@ _ELTWISE = caffe_pb2.EltwiseParameter
 
 def _n_tops(layer: Layer) -> int:
     # A layer built without explicit tops (a test, an auto top) still produces one.
-    return max(1, len(layer.param.top))
+    return max(1, layer.num_tops)
 
 
 def _legacy_axis(layer: Layer, msg, new: str, old: str, num_axes: int) -> int:
     """Concat's and Slice's axis: the signed `axis`, or the deprecated unsigned alias `old`, never both.
-    The alias takes no negative values, as in Caffe, where a negative axis there is almost surely a mistake."""
-    if msg.HasField(new) and msg.HasField(old):
-        layer.fail(f"either {new} or {old} should be specified, not both")
-    if msg.HasField(old):
-        axis = int(getattr(msg, old))
-        if axis >= num_axes:
-            layer.fail(f"{old} {axis} is out of range for a bottom with {num_axes} axes")
-        return axis
-    return layer.canonical_axis(int(getattr(msg, new)), num_axes)
+    The alias takes no negative values, as in Caffe, where a negative axis there is almost surely a mistake.
+    Resolved once per number of axes (the net's shape pass does it before any torch.compile trace, which
+    cannot call protobuf's HasField)."""
+    key = ("axis", num_axes)
+    if key not in layer.resolved:
+        if msg.HasField(new) and msg.HasField(old):
+            layer.fail(f"either {new} or {old} should be specified, not both")
+        if msg.HasField(old):
+            axis = int(getattr(msg, old))
+            if axis >= num_axes:
+                layer.fail(f"{old} {axis} is out of range for a bottom with {num_axes} axes")
+        else:
+            axis = layer.canonical_axis(int(getattr(msg, new)), num_axes)
+        layer.resolved[key] = axis
+    return layer.resolved[key]
 
 
 @register("InnerProduct")
@@ -145,6 +151,7 @@ class Eltwise(Layer):
                       f"got {len(p.coeff)} coeff values")
         if p.operation == _ELTWISE.PROD and len(p.coeff):
             self.fail("coeff is only allowed with operation SUM, got operation PROD")
+        self.coeff = [float(c) for c in p.coeff]  # plain floats: forward stays traceable by torch.compile
 
     def forward(self, *xs):
         for i, x in enumerate(xs[1:], start=1):
@@ -153,7 +160,7 @@ class Eltwise(Layer):
                           f"bottom {i} is {shape_str(x.shape)}")
         p = self.param.eltwise_param
         if p.operation == _ELTWISE.SUM:
-            coeff = list(p.coeff) or [1.0] * len(xs)
+            coeff = self.coeff or [1.0] * len(xs)
             y = None
             for c, x in zip(coeff, xs):
                 term = x if c == 1.0 else c * x
@@ -211,7 +218,9 @@ class Slice(Layer):
         axis = _legacy_axis(self, p, "axis", "slice_dim", x.dim())
         dim = x.shape[axis]
         n = _n_tops(self)
-        points = [int(v) for v in p.slice_point]
+        if "points" not in self.resolved:
+            self.resolved["points"] = [int(v) for v in p.slice_point]
+        points = self.resolved["points"]
         if points:
             if len(points) != n - 1:
                 self.fail(f"needs #tops - 1 = {n - 1} slice_point values for {n} tops, got {len(points)}")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from caffelike.proto import caffe_pb2
 
-from .base import Layer, count, is_meta, register, shape_str
+from .base import Layer, count, is_compiling, is_meta, register, shape_str
 from .vision import Pooling, conv_geometry
 
 _REDUCTION = caffe_pb2.ReductionParameter
@@ -175,9 +175,10 @@ class Tile(Layer):
 # ------------------------------------------------------------------------------------------------------- Embed
 def _indices(layer: Layer, idx: torch.Tensor, size: int, what: str) -> torch.Tensor:
     """Float indices to int64 (truncating, like Caffe's static_cast<int>), checked against [0, size) where the
-    values are known (not on meta tensors)."""
+    values are known (not on meta tensors, nor under torch.compile, where the compiled indexing asserts its
+    own bounds rather than split the graph at a host sync)."""
     index = idx.detach().long()
-    if not is_meta(idx) and index.numel():
+    if not is_meta(idx) and index.numel() and not is_compiling():
         bad = (index < 0) | (index >= size)
         if bool(bad.any()):
             first = idx.detach().reshape(-1)[bad.reshape(-1).nonzero()[0, 0]].item()

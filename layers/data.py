@@ -33,7 +33,7 @@ class Input(Layer):
 
     def infer_top_shapes(self, bottom_shapes):
         shapes = [tuple(int(d) for d in s.dim) for s in self.param.input_param.shape]
-        n = len(self.param.top)
+        n = self.num_tops
         if not shapes:
             return [(0,)] * n
         if len(shapes) == 1:
@@ -52,6 +52,7 @@ class _Source(Layer):
 
     exact_bottoms = 0
     backward_free = True
+    runs_eagerly = True
 
     def __init__(self, param, phase):
         super().__init__(param, phase)
@@ -129,7 +130,7 @@ class _Prefetching(_Source):
         self._pin = self._device_anchor.device.type == "cuda"
         data, labels = self._prefetch().next()
         self.batches_served += 1
-        return self._tops([data, labels][:len(self.param.top)])
+        return self._tops([data, labels][:self.num_tops])
 
     def skip_batches(self, n: int) -> None:
         """Move on n batches without building them (the records and random draws are consumed as if they had
@@ -182,7 +183,7 @@ class Data(_Prefetching):
         self.transformer.check(pixels.shape, where)
         shape = (self.batch_size,) + self.transformer.output_shape(pixels.shape)
         log.info("output data size: %s", ",".join(str(d) for d in shape))
-        self._shapes = [shape, (self.batch_size,)][:len(self.param.top)]
+        self._shapes = [shape, (self.batch_size,)][:self.num_tops]
         self._item_size = pixels.size
 
     def _read(self, record):

@@ -33,6 +33,8 @@ class HDF5Output(Layer):
     Difference from Caffe: Caffe holds the file open until the layer is destroyed; this layer opens it for
     each write and closes it at once, so the file is complete and readable as soon as forward returns.
     """
+
+    runs_eagerly = True
     exact_bottoms = 2
     exact_tops = 0
     backward_free = True

@@ -10,7 +10,7 @@ import torch
 
 from caffelike.proto import caffe_pb2
 
-from .base import Layer, count, is_meta, register, shape_str
+from .base import Layer, count, is_compiling, is_meta, register, shape_str
 
 _NORM = caffe_pb2.LossParameter
 # Caffe clamps the probability at FLT_MIN before the log, also when it computes in double.
@@ -42,7 +42,9 @@ def _labels(layer: Layer, label: torch.Tensor, outer: int, inner: int, classes: 
     builds, and reads out of bounds otherwise."""
     lab = label.detach().reshape(outer, inner).long()   # float -> int truncates toward 0, like static_cast<int>
     valid = lab != ignore if ignore is not None else torch.ones_like(lab, dtype=torch.bool)
-    if not is_meta(lab):
+    # Under torch.compile the check would split the graph at a host sync every iteration; there the compiled
+    # gather's own bounds assertion stops an out-of-range label instead (without the layer's name).
+    if not is_meta(lab) and not is_compiling():
         bad = valid & ((lab < 0) | (lab >= classes))
         if bool(bad.any()):
             value = int(lab[bad][0])
@@ -78,11 +80,11 @@ class Accuracy(Layer):
         if p.top_k > classes:
             self.fail(f"top_k must be less than or equal to the number of classes: top_k {p.top_k}, "
                       f"{classes} classes")
-        per_class = len(self.param.top) > 1
+        per_class = self.num_tops > 1
+        ignore = self.optional("accuracy_param.ignore_label")
         if is_meta(x):
             acc = x.new_empty(())
             return (acc, x.new_empty((classes,))) if per_class else acc
-        ignore = p.ignore_label if p.HasField("ignore_label") else None
         lab, valid = _labels(self, label, outer, inner, classes, ignore)
         scores = x.reshape(outer, classes, inner)
         true_score = scores.gather(1, lab.unsqueeze(1))
@@ -144,17 +146,16 @@ class SoftmaxWithLoss(Layer):
     is_loss = True
 
     def normalization(self) -> int:
-        lp = self.param.loss_param
-        if not lp.HasField("normalization") and lp.HasField("normalize"):
-            return _NORM.VALID if lp.normalize else _NORM.BATCH_SIZE
-        return lp.normalization
+        normalize = self.optional("loss_param.normalize")
+        if self.optional("loss_param.normalization") is None and normalize is not None:
+            return _NORM.VALID if normalize else _NORM.BATCH_SIZE
+        return self.param.loss_param.normalization
 
     def forward(self, x, label):
         lp = self.param.loss_param
         _check_batch(self, x, label)
         axis, outer, classes, inner = _split_at_axis(self, x, label, self.param.softmax_param.axis)
-        ignore = lp.ignore_label if lp.HasField("ignore_label") else None
-        lab, valid = _labels(self, label, outer, inner, classes, ignore)
+        lab, valid = _labels(self, label, outer, inner, classes, self.optional("loss_param.ignore_label"))
         mode = self.normalization()
         if mode == _NORM.VALID:
             normalizer = valid.sum().to(x.dtype)
@@ -163,7 +164,7 @@ class SoftmaxWithLoss(Layer):
             normalizer = torch.tensor(float(n), dtype=x.dtype, device=x.device)
         normalizer = normalizer.clamp_min(1.0)
         loss, prob = _SoftmaxLoss.apply(x.reshape(outer, classes, inner), lab, valid, normalizer)
-        if len(self.param.top) > 1:
+        if self.num_tops > 1:
             return loss, prob.reshape(x.shape)
         return loss
 

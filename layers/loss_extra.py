@@ -80,11 +80,12 @@ class SigmoidCrossEntropyLoss(Layer):
     is_loss = True
 
     def normalization(self) -> int:
-        lp = self.param.loss_param
-        if lp.HasField("normalization"):
-            return lp.normalization
-        if lp.HasField("normalize"):
-            return _NORM.VALID if lp.normalize else _NORM.BATCH_SIZE
+        normalization = self.optional("loss_param.normalization")
+        if normalization is not None:
+            return normalization
+        normalize = self.optional("loss_param.normalize")
+        if normalize is not None:
+            return _NORM.VALID if normalize else _NORM.BATCH_SIZE
         return _NORM.BATCH_SIZE
 
     def forward(self, x, target):
@@ -94,8 +95,9 @@ class SigmoidCrossEntropyLoss(Layer):
             self.fail(f"inputs must have the same count: bottom 0 {shape_str(x.shape)} has {x.numel()} values, "
                       f"bottom 1 {shape_str(target.shape)} has {target.numel()}")
         t = target.detach().reshape(x.shape).to(x.dtype)
-        if lp.HasField("ignore_label"):
-            valid = t.long() != lp.ignore_label    # static_cast<int>: truncation toward 0
+        ignore = self.optional("loss_param.ignore_label")
+        if ignore is not None:
+            valid = t.long() != ignore    # static_cast<int>: truncation toward 0
         else:
             valid = torch.ones_like(t, dtype=torch.bool)
         normalizer = _normalizer(self.normalization(), valid, x.shape[0], count(x.shape, 1), x)
@@ -314,11 +316,11 @@ class InfogainLoss(Layer):
         if h.numel() != classes * classes:
             self.fail(f"the infogain matrix H ({where}) has {h.numel()} values; {classes} classes along axis "
                       f"{axis} need {classes}x{classes} = {classes * classes}")
-        top_prob = len(self.param.top) > 1
+        top_prob = self.num_tops > 1
+        ignore = self.optional("loss_param.ignore_label")
         if is_meta(x):
             loss = x.new_empty(())
             return (loss, x.new_empty(x.shape)) if top_prob else loss
-        ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         lab, valid = _labels(self, label, outer, inner, classes, ignore)
         normalizer = _normalizer(lp.normalization, valid, outer, inner, x)
         h = h.to(device=x.device, dtype=x.dtype).reshape(classes, classes)

@@ -8,6 +8,7 @@ reproduces Caffe, or a small autograd Function spells Caffe's backward out.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from caffelike.proto import caffe_pb2
 
@@ -30,9 +31,9 @@ class ReLU(NeuronLayer):
 
     def forward(self, x):
         slope = self.param.relu_param.negative_slope
-        # where() rather than clamp(): clamp passes the gradient at its boundary, which would make the gradient
-        # at x == 0 equal to 1 + negative_slope instead of Caffe's negative_slope.
-        return torch.where(x > 0, x, x * slope)
+        # torch's relu and leaky_relu both pass dy only where x > 0 and dy * slope elsewhere, x == 0 included:
+        # Caffe's backward exactly.
+        return torch.relu(x) if slope == 0 else F.leaky_relu(x, slope)
 
 
 @register("PReLU")

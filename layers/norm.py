@@ -31,8 +31,8 @@ class BatchNorm(Layer):
 
     @property
     def use_global_stats(self) -> bool:
-        p = self.param.batch_norm_param
-        return p.use_global_stats if p.HasField("use_global_stats") else self.phase == caffe_pb2.TEST
+        given = self.optional("batch_norm_param.use_global_stats")
+        return given if given is not None else self.phase == caffe_pb2.TEST
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]

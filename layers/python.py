@@ -133,6 +133,7 @@ class PythonLayer(Layer):
                       "forward and backward (subclass caffe.Layer)")
         self.where = f"{where} ({p.module}.{p.layer})"
         self.torch_native = isinstance(cls, type) and issubclass(cls, TorchLayer)
+        self.runs_eagerly = not self.torch_native  # numpy in, numpy out: nothing torch.compile could trace
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         try:
             user = cls() if self.torch_native else cls(param)

@@ -285,7 +285,7 @@ class Pooling(Layer):
         after_h = (oh - 1) * sh + kh - height - ph
         after_w = (ow - 1) * sw + kw - width - pw
         spec = (pw, after_w, ph, after_h)
-        if spec == (0, 0, 0, 0) and len(self.param.top) < 2:
+        if spec == (0, 0, 0, 0) and self.num_tops < 2:
             # The windows tile the map exactly (LeNet's 2x2/2 on 24x24, ...): every window is full and inside the
             # map, so torch's own pooling is Caffe's, without the padded copy, the indices or the divisor map.
             if pp.pool == _POOL.MAX:
@@ -302,7 +302,7 @@ class Pooling(Layer):
         # Nothing beats Caffe's -FLT_MAX start in an all-padding window (or one of -inf/-FLT_MAX values).
         empty = y <= -_FLT_MAX
         y = torch.where(empty, torch.full_like(y, -_FLT_MAX), y)
-        if len(self.param.top) < 2:
+        if self.num_tops < 2:
             return y
         pw, ph, width = spec[0], spec[2], int(x.shape[3])
         padded_width = int(padded.shape[3])
