@@ -21,6 +21,7 @@ from caffelike.meters import MovingAverageMeter
 from caffelike.net import Net
 from caffelike.prototxt import read_net, read_solver
 from caffelike.proto import caffe_pb2
+from caffelike.precision import MixedPrecision
 from caffelike.updates import RULES, make_rule
 
 log = logging.getLogger("caffelike")
@@ -96,6 +97,7 @@ class Solver:
         self.current_step = 0
         self.rule = make_rule(self.param, [p.param for p in self.net.learnable])
         self._groups: dict[tuple[float, float], list[int]] | None = None
+        self.precision = MixedPrecision()
         self.hooks: dict[str, list] = defaultdict(list)
         self.requested_action = lambda: None  # set by the command line's signal handling
         self.history = {"train": defaultdict(list), "test": defaultdict(list), "lr": []}
@@ -203,15 +205,21 @@ class Solver:
     def forward_backward(self) -> float:
         """One pass over the train net: Caffe's Net::ForwardBackward, gradients accumulating in the params."""
         self._fire("on_sample")
-        outs = self.net.run()
-        loss = self.net.loss(outs)
+        with self.precision.autocast():
+            outs = self.net.run()
+            loss = self.net.loss(outs)
         value = float(loss.detach())
         self._fire("on_forward")
         if not math.isfinite(value):
             self._stop_on_nonfinite(value)
         if loss.requires_grad:
-            loss.backward()
+            self.precision.scaled(loss.float()).backward()
         return value
+
+    def set_precision(self, name: str) -> None:
+        """Train in "bf16" or "fp16" autocast (weights, gradients and updates stay float32), or "fp32" (Caffe's
+        arithmetic, the default).  See caffelike.precision."""
+        self.precision = MixedPrecision(name, self.net.device.type)
 
     def _stop_on_nonfinite(self, value: float) -> None:
         culprit = ""
@@ -373,6 +381,8 @@ class Solver:
                 if entry.param.grad is None:
                     entry.param.grad = torch.zeros_like(entry.param)
                 grads.append(entry.param.grad)
+            if not self.precision.unscale(grads, self.iter):
+                return
             self._clip(grads)
             if p.iter_size > 1 and grads:
                 torch._foreach_mul_(grads, 1.0 / p.iter_size)

@@ -84,3 +84,17 @@ def test_sigint_stops_after_a_snapshot(solver_file, tmp_path, capsys, monkeypatc
     lines = messages(capsys.readouterr().err)
     assert "Optimization stopped early." in lines
     assert (tmp_path / "snap_iter_2.caffemodel").exists() and not (tmp_path / "snap_iter_4.caffemodel").exists()
+
+
+def test_precision_and_compile_flags(solver_file, tmp_path, capsys, monkeypatch):
+    from caffelike.graph import NetGraph
+    from caffelike.solver import Solver
+
+    seen = {}
+    monkeypatch.setattr(NetGraph, "compile", lambda self, **kw: seen.setdefault("compiled", True))
+    original = Solver.set_precision
+    monkeypatch.setattr(Solver, "set_precision", lambda self, name: (seen.setdefault("precision", name),
+                                                                      original(self, name)))
+    assert main(["train", "--solver", solver_file, "--precision", "bf16", "--compile"]) == 0
+    assert seen == {"precision": "bf16", "compiled": True}
+    assert "Optimization Done." in messages(capsys.readouterr().err)

@@ -25,6 +25,11 @@ def add_arguments(p) -> None:
     p.add_argument("--level", type=int, default=0, help="the train net's level")
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does")
     p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS, help="what SIGHUP does")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 is Caffe's arithmetic; bf16/fp16 run forward and backward under autocast (weights "
+                        "and updates stay float32; fp16 with dynamic loss scaling)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the train net (data and numpy Python layers stay eager)")
     add_python_path_flag(p)
     p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
                                                 "_curves.png)")
@@ -84,6 +89,9 @@ def run(args) -> int:
         param.ClearField("weights")
         param.weights.append(args.weights)
     solver = Solver(param, solver_file=args.solver)
+    solver.set_precision(args.precision)
+    if args.compile:
+        solver.net.compile()
     curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
     solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
     progress = None
