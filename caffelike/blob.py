@@ -42,6 +42,13 @@ class LegacyShape:
     width = property(lambda self: self._legacy(3))
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A float32 copy of a bfloat16 blob (from a bf16 autocast pass; numpy has no bfloat16), locked so that a
+    write, which could not reach the blob, fails instead of vanishing."""
+    array.flags.writeable = False
+    return array
+
+
 class Blob(LegacyShape):
     """An activation blob.  `tensor` is the latest value (it may carry autograd history); `diff_tensor` the
     gradient Caffe keeps beside it."""
@@ -86,6 +93,8 @@ class Blob(LegacyShape):
     @property
     def data(self) -> np.ndarray:
         t = self.tensor.detach()
+        if t.dtype == torch.bfloat16:
+            return _read_only(t.float().cpu().numpy())
         if t.device.type == "cpu":
             return t.numpy()
         if self._host_data is None:
@@ -96,6 +105,8 @@ class Blob(LegacyShape):
     @property
     def diff(self) -> np.ndarray:
         d = self.diff_tensor
+        if d.dtype == torch.bfloat16:
+            return _read_only(d.detach().float().cpu().numpy())
         if d.device.type == "cpu":
             return d.detach().numpy()
         if self._host_diff is None:

@@ -62,3 +62,12 @@ def test_fp32_is_untouched_and_unknown_names_fail():
     assert scaler.unscale(g, 0) and g[0].item() == 3.0 and scaler.scaled(torch.tensor(2.0)).item() == 2.0
     with pytest.raises(CaffeError, match="unknown precision 'fp8'"):
         MixedPrecision("fp8")
+
+
+def test_bfloat16_blobs_read_as_locked_float32():
+    solver = lenet_solver("bf16")
+    solver.step(1)
+    data = solver.net.blobs["conv1"].data
+    assert data.dtype == "float32" and data.shape == (16, 20, 24, 24)
+    with pytest.raises(ValueError):
+        data[...] = 0
