@@ -27,15 +27,16 @@ from caffelike.transformer import DataTransformer
 SOURCE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data" / "mnist_train_lmdb"
 
 
-def data_layer(batch_size: int, depth: int):
+def data_layer(batch_size: int, depth: int, source=SOURCE):
     text = (f'layer {{ name: "mnist" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.00390625 }} '
-            f'data_param {{ source: "{SOURCE}" batch_size: {batch_size} backend: LMDB prefetch: {depth} }} }}')
+            f'data_param {{ source: "{source}" batch_size: {batch_size} backend: LMDB prefetch: {depth} }} }}')
     net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
     return net.layer_list[0]
 
 
-def images_per_second(batch_size: int, batches: int, depth: int) -> float:
-    layer = data_layer(batch_size, depth)
+def images_per_second(batch_size: int, batches: int, depth: int, source=SOURCE) -> float:
+    """Images/s the Data layer delivers from the LMDB `source` (bench/training.py measures the digits' LMDB)."""
+    layer = data_layer(batch_size, depth, source)
     with torch.no_grad():
         layer()  # start-up (threads, first batches) is not what we measure
         start = time.perf_counter()
