@@ -223,6 +223,8 @@ class Solver:
 
     def _stop_on_nonfinite(self, value: float) -> None:
         culprit = ""
+        if self.net._compiled is not None:
+            self.net.refresh_blobs()  # a compiled pass leaves intermediate blobs stale
         for layer, plan in zip(self.net.layer_list, self.net.plans):
             bad = [t for t in plan.tops if not torch.isfinite(self.net.blobs[t].tensor.detach()).all()]
             if bad:

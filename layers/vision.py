@@ -194,6 +194,18 @@ def pooled_size(size: int, kernel: int, pad: int, stride: int, ceil: bool, clip:
     return pooled
 
 
+def _torch_pools_alike(size: int, kernel: int, pad: int, stride: int, ceil: bool, caffe_out: int) -> bool:
+    """Whether torch's pooling on this axis gives Caffe's windows: torch accepts the pad (at most half the kernel)
+    and its output size, which drops a last window starting at or beyond size + pad even without padding where
+    Caffe keeps it, equals Caffe's."""
+    if 2 * pad > kernel:
+        return False
+    out = (size + 2 * pad - kernel + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out == caffe_out
+
+
 @register("Pooling")
 class Pooling(Layer):
     """Max or average over kernel_h x kernel_w windows that start every stride pixels at -pad.
@@ -285,12 +297,14 @@ class Pooling(Layer):
         after_h = (oh - 1) * sh + kh - height - ph
         after_w = (ow - 1) * sw + kw - width - pw
         spec = (pw, after_w, ph, after_h)
-        if spec == (0, 0, 0, 0) and self.num_tops < 2:
-            # The windows tile the map exactly (LeNet's 2x2/2 on 24x24, ...): every window is full and inside the
-            # map, so torch's own pooling is Caffe's, without the padded copy, the indices or the divisor map.
+        if self.num_tops < 2 and _torch_pools_alike(height, kh, ph, sh, ceil, oh) and \
+                _torch_pools_alike(width, kw, pw, sw, ceil, ow):
+            # torch's own pooling places the same windows (its size rule then agrees with Caffe's), pads MAX
+            # with -inf and divides AVE by the window clipped to H + pad as Caffe does: no padded copy, indices
+            # or divisor map needed.
             if pp.pool == _POOL.MAX:
-                return F.max_pool2d(x, (kh, kw), (sh, sw))
-            return F.avg_pool2d(x, (kh, kw), (sh, sw))
+                return F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil)
+            return F.avg_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil, count_include_pad=True)
         if pp.pool == _POOL.MAX:
             return self._max(x, spec, (kh, kw), (sh, sw))
         summed = F.avg_pool2d(F.pad(x, spec), (kh, kw), (sh, sw), divisor_override=1)

@@ -185,3 +185,38 @@ def test_python_layers_numpy_ones_stay_eager_torch_ones_are_traced(tmp_path, mon
     torch.testing.assert_close(out.detach(), expected)
     out.sum().backward()
     assert net.layer_list[net.layer_index("ip")].blobs[0].grad.abs().sum() > 0
+
+
+def test_compiled_pass_updates_outputs_and_refresh_blobs_recomputes_the_rest():
+    net = deploy(LENET, batch=2)
+    x = torch.randn(2, 1, 28, 28)
+    expected = {n: t.detach().clone() for n, t in _all_blobs(net, x).items()}
+    stale_conv1 = net.blobs["conv1"].tensor.detach().clone()
+    torch._dynamo.reset()
+    net.compile(backend="aot_eager")
+    net.run(data=2 * x)
+    torch.testing.assert_close(net.blobs["conv1"].tensor, stale_conv1)  # not an output: left as it was
+    net.refresh_blobs()
+    torch.testing.assert_close(net.blobs["conv1"].tensor, _all_blobs(deploy(LENET, batch=2), 2 * x)["conv1"])
+    torch._dynamo.reset()
+    net.compile(keep_blobs=True, backend="aot_eager")
+    net.run(data=x)
+    for name, value in expected.items():
+        torch.testing.assert_close(net.blobs[name].tensor.detach(), value)
+
+
+def _all_blobs(net, x):
+    net.run(data=x)
+    return {n: b.tensor for n, b in net.blobs.items()}
+
+
+def test_nonfinite_loss_in_a_compiled_net_still_names_the_layer(tmp_path):
+    from caffelike.solver import TrainingError
+
+    solver = _lenet_solver(tmp_path)
+    solver.param.base_lr = 1e30
+    torch._dynamo.reset()
+    solver.net.compile(backend="aot_eager")
+    with pytest.raises(TrainingError, match=r"the training loss is (nan|inf).*(Convolution|InnerProduct|Pooling|"
+                                            r"ReLU) layer"):
+        solver.step(5)
