@@ -1,13 +1,14 @@
 """caffelike's benchmark suite: one command, tables of ratios measured in the same run, and the same as JSON.
 
     python bench/run.py [--quick] [--nets lenet,cifar10_quick,caffenet,googlenet] [--device cpu|cuda]
-                        [--only nets,opencv,training,pylayer,time] [--modes eager,compiled]
+                        [--only nets,opencv,solver,training,pylayer,time] [--modes eager,compiled]
                         [--iters N] [--threads N] [--json bench/results.json]
 
 Sections:
   nets      forward and forward+backward ms per iteration, caffelike vs the same net hand-written in PyTorch
             (bench/handwritten.py, same weights, checked blob by blob first), eager and torch.compile'd
   opencv    inference in OpenCV's dnn module (cv2.dnn.readNetFromCaffe on the same prototxt and caffemodel)
+  solver    what a Solver iteration adds to forward+backward, beside a hand-written torch.optim.SGD step
   training  a LeNet training run on the bundled digits: iterations/s, images/s, and the data pipeline's images/s
   pylayer   the cost of the BlankSquare Python layer, and of a TorchLayer doing the same
   time      `caffelike time` on LeNet, in `caffe time`'s format
@@ -37,7 +38,7 @@ import torch
 
 from bench import zoo_nets
 
-SECTIONS = ("nets", "opencv", "training", "pylayer", "time")
+SECTIONS = ("nets", "opencv", "solver", "training", "pylayer", "time")
 # Timed rounds per net when --iters is not given (full run, --quick).
 REPEAT = {"lenet": (30, 10), "cifar10_quick": (20, 6), "caffenet": (10, 5), "googlenet": (6, 2)}
 QUICK_COMPILED = ("lenet",)  # compiling a net takes tens of seconds here; --quick compiles only these
@@ -149,6 +150,14 @@ def section_opencv(args, results: dict) -> None:
     print_opencv(out)
 
 
+def section_solver(args, results: dict) -> None:
+    from bench import solver_step
+
+    out = solver_step.run(64, args.iters or (15 if args.quick else 60), args.warmup, args.device)
+    results["solver"] = out
+    print_solver(out)
+
+
 def section_training(args, results: dict) -> None:
     from bench import training
 
@@ -206,6 +215,16 @@ def print_opencv(out: dict) -> None:
               + ("" if r["outputs_match"] else "  OUTPUTS DIFFER"), flush=True)
 
 
+def print_solver(out: dict) -> None:
+    print(f"\n== A solver iteration on top of forward+backward ({out['net']}, batch {out['batch']}); median ms")
+    ms = out["ms"]
+    print(f"{'':<11}{'fwd+bwd':>9}{'step':>9}{'step overhead':>15}")
+    for side in ("caffelike", "torch"):
+        print(f"{side:<11}{ms[side + ' fwd+bwd']:>9.2f}{ms[side + ' step']:>9.2f}"
+              f"{out[side + '_step_overhead']:>14.1%}")
+    print(f"caffelike step / torch step: {out['step_ratio']:.2f}", flush=True)
+
+
 def print_training(out: dict) -> None:
     print(f"\n== LeNet training on the bundled digits ({out['net']}, batch {out['batch']})")
     print(f"solver:        {out['iters_per_s']:8.1f} iterations/s  {out['images_per_s']:8.0f} images/s "
@@ -233,7 +252,7 @@ def print_time(out: dict) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- main
-RUNNERS = {"nets": section_nets, "opencv": section_opencv, "training": section_training,
+RUNNERS = {"nets": section_nets, "opencv": section_opencv, "solver": section_solver, "training": section_training,
            "pylayer": section_pylayer, "time": section_time}
 
 
