@@ -225,7 +225,8 @@ class Pooling(Layer):
         stride | stride_h/stride_w, global_pooling (kernel = (H, W) at every forward), round_mode.  engine is
         accepted and ignored.
     Differences from Caffe: STOCHASTIC raises (BVLC has no CPU implementation either); stride 0 and an empty
-        output are rejected; a NaN in a MAX window propagates (Caffe's `>` skips it).
+        output are rejected; a NaN in a MAX window propagates (Caffe's `>` skips it); with one top, a MAX window
+        whose values are all -inf gives -inf where Caffe gives -FLT_MAX.
     """
 
     exact_bottoms = 1
