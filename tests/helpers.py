@@ -212,3 +212,20 @@ def check_loss_case(case: Case) -> None:
             assert_blob_close(x.grad, case.diff(b), **case.tolerance, name=f"{b} diff")
         else:
             assert x.grad is None, f"{b} must get no gradient"
+
+
+def lenet_train_solver(batch_size: int, base_lr: float = 0.01):
+    """A SGD Solver over zoo/lenet's lenet_train_test.prototxt reading the fixture MNIST LMDB (seeded)."""
+    from caffelike import zoo
+    from caffelike.prototxt import read_net
+    from caffelike.solver import Solver
+
+    net = read_net(zoo.path("lenet", "lenet_train_test.prototxt"))
+    for layer in net.layer:
+        if layer.type == "Data":
+            layer.data_param.source = str(FIXTURES / "data" / "mnist_train_lmdb")
+            layer.data_param.batch_size = batch_size
+    param = caffe_pb2.SolverParameter(base_lr=base_lr, momentum=0.9, weight_decay=5e-4, lr_policy="fixed",
+                                      max_iter=4, display=0, snapshot_after_train=False, random_seed=3)
+    param.net_param.CopyFrom(net)
+    return Solver(param)

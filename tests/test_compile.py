@@ -14,11 +14,10 @@ import torch._dynamo
 import caffelike as caffe
 from caffelike import zoo
 from caffelike.prototxt import read_net
-from caffelike.solver import Solver
-from caffelike.proto import caffe_pb2
-from helpers import FIXTURES, Case, make_layer
+from helpers import Case, lenet_train_solver, make_layer
 
 import test_registry
+from test_python_layer import MODULE as PYTHON_LAYERS
 
 LENET = zoo.path("lenet", "lenet.prototxt")
 WEIGHTS = zoo.path("lenet", "lenet_mnist5k.caffemodel")
@@ -112,21 +111,9 @@ def test_every_traceable_layer_type_compiles_without_a_break():
     assert len(checked) > 40
 
 
-def _lenet_solver(tmp_path) -> Solver:
-    net = read_net(zoo.path("lenet", "lenet_train_test.prototxt"))
-    for layer in net.layer:
-        if layer.type == "Data":
-            layer.data_param.source = str(FIXTURES / "data" / "mnist_train_lmdb")
-            layer.data_param.batch_size = 8
-    param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=5e-4, lr_policy="fixed",
-                                      max_iter=3, display=0, snapshot_after_train=False, random_seed=3)
-    param.net_param.CopyFrom(net)
-    return Solver(param)
-
-
 def test_compiled_training_steps_match_eager(tmp_path):
     """The Data layer runs eagerly before the compiled rest; three SGD steps give the eager weights."""
-    eager, compiled = _lenet_solver(tmp_path), _lenet_solver(tmp_path)
+    eager, compiled = lenet_train_solver(8), lenet_train_solver(8)
     torch._dynamo.reset()
     compiled.net.compile(backend="aot_eager")
     eager.step(3)
@@ -137,33 +124,12 @@ def test_compiled_training_steps_match_eager(tmp_path):
     assert graphs == 1  # everything after the eager Data layer
 
 
-MODULE = '''
-import caffe
 
 
-class TimesTen(caffe.Layer):
-    def setup(self, bottom, top):
-        pass
 
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = 10 * bottom[0].data
-
-    def backward(self, top, propagate_down, bottom):
-        bottom[0].diff[...] = 10 * top[0].diff
-
-
-class TorchTimesTen(caffe.TorchLayer):
-    def forward(self, x):
-        return 10 * x
-'''
-
-
-@pytest.mark.parametrize("cls,graphs", [("TimesTen", 2), ("TorchTimesTen", 1)])
+@pytest.mark.parametrize("cls,graphs", [("TimesTen", 2), ("Doubler", 1)])
 def test_python_layers_numpy_ones_stay_eager_torch_ones_are_traced(tmp_path, monkeypatch, cls, graphs):
-    (tmp_path / "pylayers_compile.py").write_text(MODULE)
+    (tmp_path / "pylayers_compile.py").write_text(PYTHON_LAYERS)
     monkeypatch.chdir(tmp_path)
     text = textwrap.dedent(f"""
         name: "py" force_backward: true
@@ -213,7 +179,7 @@ def _all_blobs(net, x):
 def test_nonfinite_loss_in_a_compiled_net_still_names_the_layer(tmp_path):
     from caffelike.solver import TrainingError
 
-    solver = _lenet_solver(tmp_path)
+    solver = lenet_train_solver(8)
     solver.param.base_lr = 1e30
     torch._dynamo.reset()
     solver.net.compile(backend="aot_eager")

@@ -5,25 +5,13 @@ import math
 import pytest
 import torch
 
-from caffelike import zoo
 from caffelike.errors import CaffeError
 from caffelike.precision import MixedPrecision
-from caffelike.prototxt import read_net
-from caffelike.proto import caffe_pb2
-from caffelike.solver import Solver
-from helpers import FIXTURES
+from helpers import lenet_train_solver
 
 
-def lenet_solver(precision: str) -> Solver:
-    net = read_net(zoo.path("lenet", "lenet_train_test.prototxt"))
-    for layer in net.layer:
-        if layer.type == "Data":
-            layer.data_param.source = str(FIXTURES / "data" / "mnist_train_lmdb")
-            layer.data_param.batch_size = 16
-    param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=5e-4, lr_policy="fixed",
-                                      max_iter=4, display=0, snapshot_after_train=False, random_seed=3)
-    param.net_param.CopyFrom(net)
-    solver = Solver(param)
+def lenet_solver(precision: str):
+    solver = lenet_train_solver(16)
     solver.set_precision(precision)
     return solver
 
