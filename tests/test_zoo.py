@@ -1,7 +1,7 @@
 """The zoo: every generated net builds in every phase and stage it declares (TRAIN/TEST for train_val files, the
 DIGITS stages train/val/deploy for stage-based files, TEST for deploy files), runs forward and backward at batch
 2 (TRAIN) or 1 on seeded weights, and every blob has the shape Caffe derives (pooling rounding included): the
-shapes come from zoo/generate.py's own arithmetic (blob_shapes) and its hand-derived CHECKPOINTS, never from
+shapes come from tests/zoo_shapes.py's arithmetic (blob_shapes) and its hand-derived CHECKPOINTS, never from
 caffelike's layers.  Train/val nets read a two-image LMDB, image list and mean file written here."""
 import importlib.util
 import pathlib
@@ -18,6 +18,8 @@ from caffelike.dbwriter import LmdbWriter
 from caffelike.io import array_to_blobproto
 from caffelike.proto import caffe_pb2
 from caffelike.prototxt import read_net, read_solver
+
+import zoo_shapes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("zoo_generate", ROOT / "zoo" / "generate.py")
@@ -113,7 +115,7 @@ def prepare(path, phase, stages, data):
             dim=[1, IMAGE[0], crop, crop])
         with_input.layer.extend(param.layer)
         param = with_input
-    if not any(generate.included(layer, phase, stages) and layer.type in DATA_TYPES for layer in param.layer):
+    if not any(zoo_shapes.included(layer, phase, stages) and layer.type in DATA_TYPES for layer in param.layer):
         param.force_backward = True  # deploy nets have no loss; Caffe plans their backward only when forced
     return param
 
@@ -151,8 +153,8 @@ def test_zoo_net_builds_runs_and_has_caffes_shapes(case, data):
     path, phase, stages = case
     param = prepare(path, phase, stages, data)
     batch = 2 if phase == TRAIN else 1
-    expected = generate.blob_shapes(param, phase, stages, image=IMAGE)
-    checkpoints = generate.CHECKPOINTS[path]
+    expected = zoo_shapes.blob_shapes(param, phase, stages, image=IMAGE)
+    checkpoints = zoo_shapes.CHECKPOINTS[path]
     # The hand-derived checkpoints and the arithmetic agree before caffelike is asked anything.
     assert {b: expected.get(b) for b in checkpoints} == {b: (batch, *s) for b, s in checkpoints.items()}
 
