@@ -319,7 +319,7 @@ class NetGraph(nn.Module):
         blobs = self.blobs
         for name in self.inputs:
             blobs[name].set_tensor(env[name])
-        env = (self._compiled or self._execute)(env)
+        env = self._compiled(self, env) if self._compiled is not None else self._execute(env)
         for name, value in env.items():
             blobs[name].set_tensor(value)
         return OrderedDict((name, env[name]) for name in self.outputs)
@@ -380,7 +380,7 @@ class NetGraph(nn.Module):
         # replays after the graph, making every intermediate blob a graph output.
         local: dict[str, str] = {}
         fresh = (f"b{k}" for k in itertools.count())
-        lines = ["def execute(env):"]
+        lines = ["def execute(net, env):"]  # the net as an argument: a copied net runs its own layers
         for name in self.inputs:
             local[name] = next(fresh)
             lines.append(f"    {local[name]} = env[{name!r}]")
@@ -395,7 +395,7 @@ class NetGraph(nn.Module):
                 kept.update(tops)
         returned = local if keep_blobs else [n for n in local if n in kept]
         lines.append("    return {" + ", ".join(f"{n!r}: {local[n]}" for n in returned) + "}")
-        scope = {"net": self, "eager": _run_eagerly, "run": NetGraph._run_layer}
+        scope = {"eager": _run_eagerly, "run": NetGraph._run_layer}
         exec(compile("\n".join(lines), f"<caffelike net {self.name!r}>", "exec"), scope)
         return scope["execute"]
 

@@ -75,7 +75,7 @@ def test_deploy_nets_trace_into_one_graph(key, file):
     forward code reads no protobuf and needs no host sync."""
     net = deploy(zoo.path(key, file), batch=1)
     env = {n: torch.randn(tuple(net.blobs[n].shape)) for n in net.inputs}
-    graphs, breaks = graph_count(net._unrolled(), env)
+    graphs, breaks = graph_count(net._unrolled(), net, env)
     assert (graphs, breaks) == (1, [])
 
 
@@ -120,7 +120,7 @@ def test_compiled_training_steps_match_eager(tmp_path):
     compiled.step(3)
     for a, b in zip(eager.net.learnable, compiled.net.learnable):
         torch.testing.assert_close(b.param.detach(), a.param.detach(), rtol=1e-5, atol=1e-6)
-    graphs, _ = graph_count(compiled.net._unrolled(), {})
+    graphs, _ = graph_count(compiled.net._unrolled(), compiled.net, {})
     assert graphs == 1  # everything after the eager Data layer
 
 
@@ -144,7 +144,7 @@ def test_python_layers_numpy_ones_stay_eager_torch_ones_are_traced(tmp_path, mon
     net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
     x = torch.randn(2, 3)
     expected = net.run(data=x)["out"].detach().clone()
-    assert graph_count(net._unrolled(), {"data": x})[0] == graphs
+    assert graph_count(net._unrolled(), net, {"data": x})[0] == graphs
     torch._dynamo.reset()
     net.compile(backend="aot_eager")
     out = net.run(data=x)["out"]
@@ -186,3 +186,20 @@ def test_nonfinite_loss_in_a_compiled_net_still_names_the_layer(tmp_path):
     with pytest.raises(TrainingError, match=r"the training loss is (nan|inf).*(Convolution|InnerProduct|Pooling|"
                                             r"ReLU) layer"):
         solver.step(5)
+
+
+def test_a_copied_compiled_net_runs_its_own_layers():
+    import copy
+
+    net = deploy(LENET, batch=2)
+    torch._dynamo.reset()
+    net.compile(backend="aot_eager")
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        twin.layer_list[twin.layer_index("ip2")].blobs[1].add_(5.0)  # shifts only the twin's logits
+    x = torch.randn(2, 1, 28, 28)
+    mine, theirs = net.run(data=x)["prob"], twin.run(data=x)["prob"]
+    torch.testing.assert_close(mine, theirs)  # softmax ignores a shift shared by every class...
+    with torch.no_grad():
+        twin.layer_list[twin.layer_index("ip2")].blobs[1][0] += 10.0  # ...but not one that favours class 0
+    assert twin.run(data=x)["prob"][:, 0].min() > net.run(data=x)["prob"][:, 0].max()
