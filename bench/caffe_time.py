@@ -19,7 +19,7 @@ _AVERAGE = re.compile(r"Average (Forward pass|Backward pass|Forward-Backward): (
 
 
 def run(iterations: int, device: str = "cpu") -> dict:
-    from caffelike.tools.digits import prepare
+    from caffelike.cli.digits import prepare
 
     with tempfile.TemporaryDirectory(prefix="caffelike-bench-time-") as folder:
         prepare(folder, 1)
@@ -28,7 +28,7 @@ def run(iterations: int, device: str = "cpu") -> dict:
         if device.startswith("cuda"):
             argv.append(f"--gpu={torch_index(device)}")
         env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the parent's --threads
-        done = subprocess.run([sys.executable, "-m", "caffelike.cli", *argv], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "caffelike", *argv], capture_output=True, text=True,
                               timeout=600, env=env)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     averages = {m.group(1): float(m.group(2)) for m in map(_AVERAGE.search, lines) if m}

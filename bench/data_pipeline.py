@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 import torch
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
-from caffelike import prefetch
-from caffelike.datum import DatumDB, datum_pixels, parse_datum
-from caffelike.proto import caffe_pb2
-from caffelike.transformer import DataTransformer
+from caffelike.data import prefetch
+from caffelike.data.datum import DatumDB, datum_pixels, parse_datum
+from caffelike.data.transformer import DataTransformer
 
 SOURCE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data" / "mnist_train_lmdb"
 
@@ -69,8 +69,8 @@ def training_images_per_second(iterations: int = 40) -> float:
     """Images/s consumed by `caffe train`-style LeNet training (the sgd_step trace's net and solver)."""
     import os
 
-    from caffelike.prototxt import read_solver
-    from caffelike.solver import Solver
+    from caffelike.format.prototxt import read_solver
+    from caffelike.train.solver import Solver
 
     folder = SOURCE.parents[1] / "traces" / "sgd_step"
     cwd = os.getcwd()
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="prefetch worker threads (default: "
-                    "caffelike.prefetch.default_workers, which gives 1 for 28x28 images)")
+                    "caffelike.data.prefetch.default_workers, which gives 1 for 28x28 images)")
     args = ap.parse_args()
     prefetch.WORKERS = args.workers
     torch.set_num_threads(1)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import random
 
 import torch
+from caffelike.layers.python_base import TorchLayer
 
 from bench import timing
-from caffelike.pylayer import TorchLayer
 
 PROTOTXT = ("digits-occlusion", "lenet_blank_square.prototxt")  # under caffelike.zoo
 
@@ -38,9 +38,10 @@ class BlankSquareTorch(TorchLayer):
 
 def net_param(variant: str, batch: int):
     """The occlusion LeNet for `variant` ('none', 'BlankSquare', 'TorchLayer') with Input layers."""
-    from caffelike import zoo
-    from caffelike.prototxt import read_net
     from caffelike.proto import caffe_pb2
+
+    from caffelike import zoo
+    from caffelike.format.prototxt import read_net
 
     source = read_net(zoo.path(*PROTOTXT))
     param = caffe_pb2.NetParameter(name=source.name)
@@ -60,16 +61,17 @@ def net_param(variant: str, batch: int):
 
 
 def build(variant: str, batch: int):
-    from caffelike import zoo
-    from caffelike.graph import NetGraph
     from caffelike.proto import caffe_pb2
+
+    from caffelike import zoo
+    from caffelike.net.graph import NetGraph
 
     torch.manual_seed(1701)  # the fillers: every variant starts from the same weights
     return NetGraph(net_param(variant, batch), caffe_pb2.TRAIN, stages=("train",), source=zoo.path(*PROTOTXT))
 
 
 def digits(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from caffelike.data import mnist_5k
+    from caffelike.data.bundled import mnist_5k
 
     images, labels = mnist_5k()
     pick = torch.linspace(0, len(images) - 1, batch).long().numpy()  # spans every class

@@ -44,7 +44,8 @@ class _LeNetLogits(handwritten.LeNet):
 
 def run(batch: int = 64, repeat: int = 50, warmup: int = 5, device: str = "cpu") -> dict:
     from caffelike.proto import caffe_pb2
-    from caffelike.solver import Solver
+
+    from caffelike.train.solver import Solver
 
     param = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=5e-4, lr_policy="inv", gamma=1e-4,
                                       power=0.75, max_iter=10 ** 6, display=0, snapshot_after_train=False,

@@ -18,10 +18,10 @@ from bench import data_pipeline, timing
 
 
 def run(iterations: int, warmup: int = 5, pipeline_batches: int = 50, device: str = "cpu") -> dict:
-    from caffelike import runtime
-    from caffelike.prototxt import read_solver
-    from caffelike.solver import Solver
-    from caffelike.tools.digits import prepare
+    from caffelike.cli.digits import prepare
+    from caffelike.core import runtime
+    from caffelike.format.prototxt import read_solver
+    from caffelike.train.solver import Solver
 
     with tempfile.TemporaryDirectory(prefix="caffelike-bench-digits-") as folder:
         start = time.perf_counter()

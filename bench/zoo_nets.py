@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass
 
 import torch
-
-from caffelike.graph import NetGraph
-from caffelike.prototxt import read_net
 from caffelike.proto import caffe_pb2
-from caffelike.weights import save_caffemodel
+
+from caffelike.format.prototxt import read_net
+from caffelike.format.weights import save_caffemodel
+from caffelike.net.graph import NetGraph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,31 +1,39 @@
 """caffelike: BVLC Caffe's files and habits on PyTorch.
 
 `import caffelike as caffe` gives pycaffe's names: Net, TRAIN, TEST, set_mode_cpu/gpu, set_device,
-set_random_seed, layer_type_list, ...
+set_random_seed, layer_type_list, the solvers, io, Classifier, NetSpec's layers/params/to_proto.
+
+The package face only: the rooms behind it are format/ (Caffe's files), core/ (blobs, fillers, run mode),
+data/ (Datum, LMDB, transformer, prefetch), caffelike.layers (the layer library), net/, train/, digits/ and cli/.
+docs/architecture.md draws them.
 """
-from caffelike.proto import caffe_pb2
-from caffelike.errors import CaffeError, LayerError, PrototxtError, WeightsError
-from caffelike.layers import layer_type_list
-from caffelike.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
-from caffelike.graph import NetGraph
-from caffelike.net import Net
-from caffelike.pylayer import Layer, TorchLayer
-from caffelike.net_spec import NetSpec, layers, params, to_proto
+import pathlib as _pathlib
+
+from caffelike import _source_tree
+
+_source_tree.install(_pathlib.Path(__file__).resolve().parent)  # before the first caffelike.proto import
+
 from caffelike import io  # noqa: E402  (pycaffe's caffe.io)
-from caffelike.classifier import Classifier
+from caffelike.classifier import Classifier  # noqa: E402
+from caffelike.core.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402
+from caffelike.errors import CaffeError, LayerError, PrototxtError, WeightsError  # noqa: E402
+from caffelike.layers import layer_type_list  # noqa: E402
+from caffelike.layers.python_base import Layer, TorchLayer  # noqa: E402
+from caffelike.net import Net, NetGraph  # noqa: E402
+from caffelike.net_spec import NetSpec, layers, params, to_proto  # noqa: E402
+from caffelike.proto import caffe_pb2  # noqa: E402
+from caffelike.train.solver import (  # noqa: E402
+    AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver, get_solver,
+)
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 __version__ = "0.1.0"
 
 __all__ = [
-    "Net", "NetGraph", "Layer", "TorchLayer", "NetSpec", "layers", "params", "to_proto", "io", "Classifier", "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu",
-    "set_device", "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
+    "Net", "NetGraph", "Layer", "TorchLayer", "NetSpec", "layers", "params", "to_proto", "io", "Classifier",
+    "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu", "set_device",
+    "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
+    "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+    "get_solver",
 ]
-
-from caffelike.solver import (  # noqa: E402
-    AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver, get_solver,
-)
-
-__all__ += ["Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
-            "AdamSolver", "get_solver"]

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from caffelike import batching
 from caffelike.errors import CaffeError
-from caffelike.io import Transformer, oversample as ten_crops, resize_image
-from caffelike.net import Net
+from caffelike.io import Transformer, resize_image
+from caffelike.io import oversample as ten_crops
+from caffelike.net import Net, batching
 from caffelike.proto import caffe_pb2
 
 

@@ -1,7 +1,7 @@
 """pycaffe's caffe.draw: a net's graph as Graphviz DOT text, or as a picture rendered by Graphviz's `dot`.
 
     from caffelike import draw
-    from caffelike.prototxt import read_net
+    from caffelike.format.prototxt import read_net
     net = read_net("zoo/lenet/lenet_train_test.prototxt")
     text = draw.net_to_dot(net, rankdir="LR", phase=caffe_pb2.TEST)      # DOT text; needs nothing installed
     png = draw.draw_net(net, "UD")                                       # bytes of a PNG; needs `dot`
@@ -205,7 +205,7 @@ def get_pydot_graph(caffe_net, rankdir: str, label_edges: bool = True, phase=Non
 # ------------------------------------------------------------------------------------------------- rendering
 def _as_net_param(caffe_net):
     if isinstance(caffe_net, (str, os.PathLike)):
-        from caffelike.prototxt import read_net
+        from caffelike.format.prototxt import read_net
 
         return read_net(os.fspath(caffe_net))
     if not isinstance(caffe_net, caffe_pb2.NetParameter):
@@ -243,7 +243,7 @@ def draw_net(caffe_net, rankdir: str, ext: str = "png", phase=None, display_lrm:
 def draw_net_to_file(caffe_net, filename: str, rankdir: str = "LR", phase=None, display_lrm: bool = False) -> None:
     """Draw `caffe_net` into `filename`, in the format its extension names (.png, .svg, .pdf, ...; .dot, .gv or
     .raw for DOT text you can feed to Graphviz yourself).  The file is replaced atomically."""
-    from caffelike.weights import atomic_write
+    from caffelike.format.files import atomic_write
 
     filename = os.fspath(filename)
     base = os.path.basename(filename)

@@ -15,3 +15,8 @@ class LayerError(CaffeError):
 
 class WeightsError(CaffeError):
     """A .caffemodel that is missing, truncated, or does not fit the net."""
+
+
+def shape_str(shape) -> str:
+    """A shape the way every caffelike message spells it: `(2, 3, 4, 5)`."""
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"

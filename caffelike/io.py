@@ -21,9 +21,14 @@ import os
 
 import numpy as np
 
-from caffelike.datum import array_to_datum, datum_to_array  # noqa: F401  (re-exported: pycaffe's names)
+from caffelike.data.datum import array_to_datum, datum_to_array  # noqa: F401  (re-exported: pycaffe's names)
 from caffelike.errors import CaffeError
-from caffelike.proto import caffe_pb2
+from caffelike.format.blobproto import (  # noqa: F401  (re-exported: pycaffe's names)
+    array_to_blobproto,
+    arraylist_to_blobprotovector_str,
+    blobproto_to_array,
+    blobprotovector_str_to_arraylist,
+)
 
 __all__ = [
     "blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotovector_str",
@@ -38,58 +43,6 @@ class ImageError(CaffeError):
 
 class TransformerError(CaffeError, ValueError):
     """A Transformer asked about an input it does not know, or given a setting that does not fit the input."""
-
-
-# ----------------------------------------------------------------------------------------------------- BlobProto
-def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
-    """The data (or diff) of a BlobProto as a float64 array, as pycaffe returns it.  The shape is the legacy
-    (num, channels, height, width) when any of those four fields is set, else `shape.dim`.  Values stored as
-    `double_data`/`double_diff` are read when the float fields are empty (pycaffe ignores them)."""
-    values = blob.diff if return_diff else blob.data
-    if not len(values):
-        values = blob.double_diff if return_diff else blob.double_data
-    data = np.array(values, dtype=np.float64)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
-        shape = tuple(int(d) for d in blob.shape.dim)
-    if data.size != int(np.prod(shape)):
-        what = "diff" if return_diff else "data"
-        raise CaffeError(f"BlobProto holds {data.size} {what} values but its shape {shape} needs "
-                         f"{int(np.prod(shape))}")
-    return data.reshape(shape)
-
-
-def array_to_blobproto(arr, diff=None) -> caffe_pb2.BlobProto:
-    """A BlobProto with `shape.dim` set to the array's shape and its values in `data` (and `diff`)."""
-    arr = np.asarray(arr)
-    blob = caffe_pb2.BlobProto()
-    blob.shape.dim.extend(int(d) for d in arr.shape)
-    blob.data.extend(arr.astype(np.float64).ravel().tolist())
-    if diff is not None:
-        diff = np.asarray(diff)
-        if diff.size != arr.size:
-            raise CaffeError(f"array_to_blobproto: diff has {diff.size} values, data has {arr.size}")
-        blob.diff.extend(diff.astype(np.float64).ravel().tolist())
-    return blob
-
-
-def arraylist_to_blobprotovector_str(arraylist) -> bytes:
-    """A serialized BlobProtoVector holding one BlobProto per array."""
-    vec = caffe_pb2.BlobProtoVector()
-    vec.blobs.extend(array_to_blobproto(arr) for arr in arraylist)
-    return vec.SerializeToString()
-
-
-def blobprotovector_str_to_arraylist(blobprotovec_str: bytes) -> list[np.ndarray]:
-    """The arrays of a serialized BlobProtoVector."""
-    vec = caffe_pb2.BlobProtoVector()
-    try:
-        vec.ParseFromString(blobprotovec_str)
-    except Exception as e:  # protobuf's DecodeError
-        raise CaffeError(f"the {len(blobprotovec_str)} bytes are not a serialized caffe.BlobProtoVector: {e}") \
-            from None
-    return [blobproto_to_array(blob) for blob in vec.blobs]
 
 
 # --------------------------------------------------------------------------------------------------- Transformer

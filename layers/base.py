@@ -12,14 +12,13 @@ change state (BatchNorm's running averages, data cursors) must leave its state a
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
+from caffelike.proto import caffe_pb2
 from torch import nn
 
-from caffelike.errors import LayerError
-from caffelike.proto import caffe_pb2
+from caffelike.errors import LayerError, shape_str  # noqa: F401  (the layers' import of it)
 
 _REGISTRY: dict[str, type["Layer"]] = {}
 
@@ -58,10 +57,6 @@ def is_compiling() -> bool:
 
 def is_meta(t: torch.Tensor) -> bool:
     return t.device.type == "meta"
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
 
 
 class Layer(nn.Module):
@@ -146,7 +141,7 @@ class Layer(nn.Module):
     def add_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None = None,
                  constant: float | None = None) -> nn.Parameter:
         """Append a blob of `shape`, filled by `filler` (Caffe's default filler is constant 0)."""
-        from caffelike.fillers import fill
+        from caffelike.core.fillers import fill
 
         if constant is not None:
             data = torch.full(tuple(shape), float(constant))

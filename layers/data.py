@@ -1,7 +1,7 @@
 """Layers that bring data into the net (no bottoms): Input, Data and ImageData (HDF5Data, MemoryData and DummyData are in data_sources.py).
 
 Each returns float32 tops on the layer's device (a non-persistent `_device_anchor` buffer follows `net.to()`).
-Data and ImageData prepare their batches ahead of use on worker threads (caffelike.prefetch) in exactly the
+Data and ImageData prepare their batches ahead of use on worker threads (caffelike.data.prefetch) in exactly the
 order a synchronous read would give; `data_param.prefetch` sets how many batches are in flight (Caffe's
 default 4; 0 reads synchronously inside forward, a caffelike extension).  None of these layers has a backward.
 Top shapes come from setup (the first record), never from consuming data.
@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 import torch
-
-from caffelike.datum import DatumDB, datum_pixels, parse_datum, read_image
 from caffelike.layers.base import Layer, register
-from caffelike.prefetch import Prefetcher
-from caffelike.transformer import DataTransformer, caffe_rng_rand, new_generator
+
+from caffelike.data.datum import DatumDB, datum_pixels, parse_datum, read_image
+from caffelike.data.prefetch import Prefetcher
+from caffelike.data.transformer import DataTransformer, caffe_rng_rand, new_generator
 
 log = logging.getLogger("caffelike")
 
@@ -215,7 +215,7 @@ class ImageData(_Prefetching):
     reimplemented in numpy), shuffle (at the start and at every wrap-around), rand_skip (skip Rand(rand_skip)
     lines at the start).  Paths are relative to the working directory.  data_param.prefetch applies, as in Caffe.
 
-    Differences from Caffe: images are decoded by Pillow (see caffelike.datum.decode_image for where it can
+    Differences from Caffe: images are decoded by Pillow (see caffelike.data.datum.decode_image for where it can
     differ from OpenCV); blank lines of the list are skipped and a line without a label is an error.
     """
 

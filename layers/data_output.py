@@ -9,7 +9,6 @@ import logging
 import os
 
 import torch
-
 from caffelike.layers.base import Layer, is_meta, register, shape_str
 
 log = logging.getLogger("caffelike")

@@ -8,11 +8,11 @@ import os
 
 import numpy as np
 import torch
-
 from caffelike.layers.base import register, shape_str
 from caffelike.layers.data import _Source
 from caffelike.proto import caffe_pb2
-from caffelike.transformer import new_generator
+
+from caffelike.data.transformer import new_generator
 
 log = logging.getLogger("caffelike")
 
@@ -223,14 +223,14 @@ class DummyData(_Source):
             shapes = [tuple(int(d) for d in p.shape[i if len(p.shape) > 1 else 0].dim) for i in range(n)]
         self._shapes = shapes
         self.fillers = [fillers[i if len(fillers) > 1 else 0] for i in range(n)]
-        from caffelike.fillers import fill
+        from caffelike.core.fillers import fill
 
         for i, (shape, filler) in enumerate(zip(shapes, self.fillers)):
             if filler.type == "constant":
                 self.register_buffer(f"constant_{i}", fill(shape, filler), persistent=False)
 
     def forward(self):
-        from caffelike.fillers import fill
+        from caffelike.core.fillers import fill
 
         device = self._device_anchor.device
         tops = []

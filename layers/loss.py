@@ -7,7 +7,6 @@ Caffe keeps in the top's diff, so no layer here multiplies by it.
 from __future__ import annotations
 
 import torch
-
 from caffelike.proto import caffe_pb2
 
 from .base import Layer, count, is_compiling, is_meta, register, shape_str

@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 import torch
-
-from caffelike.io import blobproto_to_array
 from caffelike.proto import caffe_pb2
+
+from caffelike.format.blobproto import blobproto_to_array
 
 from .base import Layer, count, is_meta, register, shape_str
 from .loss import _NORM, _check_batch, _labels, _split_at_axis

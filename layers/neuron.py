@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from caffelike.proto import caffe_pb2
 
 from .base import Layer, is_meta, register, shape_str

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-
 from caffelike.proto import caffe_pb2
 
 from .base import Layer, count, is_meta, register, shape_str

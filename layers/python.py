@@ -19,12 +19,12 @@ import traceback
 
 import numpy as np
 import torch
+from caffelike.layers.base import Layer, register, shape_str
+from caffelike.layers.python_base import BlobVec, HostBlob, TorchLayer, alias_caffe
 from torch import nn
 
-from caffelike.blob import ParamBlob
+from caffelike.core.blob import ParamBlob
 from caffelike.errors import LayerError
-from caffelike.layers.base import Layer, register, shape_str
-from caffelike.pylayer import BlobVec, HostBlob, TorchLayer, alias_caffe
 
 EXTRA_PATHS: list[str] = []  # --python-path folders
 _NET_DIR: list[str] = []     # the folder of the prototxt being built (set by the net while it builds)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from caffelike.proto import caffe_pb2
 
 from .base import Layer, count, register, shape_str, spatial_values

@@ -1,7 +1,7 @@
 """WindowData: R-CNN's fine-tuning source, boxes ("windows") cut out of images and warped to a fixed square.
 
 Caffe's source: window_data_layer.cpp.  The batch is planned (which windows, which are mirrored) in order and
-built on the prefetch workers, like Data and ImageData (caffelike.prefetch), so prefetched batches equal a
+built on the prefetch workers, like Data and ImageData (caffelike.data.prefetch), so prefetched batches equal a
 synchronous read.  The box arithmetic is done in float32 with C's round-half-away-from-zero, as Caffe's
 `Dtype = float` code does, so the crop geometry is Caffe's to the pixel.
 """
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from caffelike.datum import COLOR, DatumError, decode_image, read_image, resize_linear
 from caffelike.layers.base import register
 from caffelike.layers.data import _Prefetching
-from caffelike.transformer import load_mean_file, new_generator
+
+from caffelike.data.datum import COLOR, DatumError, decode_image, read_image, resize_linear
+from caffelike.data.transformer import load_mean_file, new_generator
 
 log = logging.getLogger("caffelike")
 
@@ -129,7 +129,7 @@ class WindowData(_Prefetching):
     declaring other than 3 channels (the top's channel count, while images are always read in colour), boxes
     outside the image without context padding, and a mean image smaller than the crop.  A missing or unreadable
     image is an error naming it and its window-file line (Caffe logs it and hands out a partly filled batch).
-    Images are decoded by Pillow (see caffelike.datum.decode_image).  Caffe's random values are not
+    Images are decoded by Pillow (see caffelike.data.datum.decode_image).  Caffe's random values are not
     reproduced, only the way they are drawn: per window an index, then a mirror coin when mirror is on.
     """
 

@@ -37,8 +37,8 @@ def proto_digest(text: bytes) -> str:
 
 def compile_descriptor() -> bytes:
     """The serialized FileDescriptorProto of caffe.proto, compiled by grpcio-tools' protoc."""
-    from grpc_tools import protoc  # noqa: deferred so --help works without grpcio-tools
     from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc  # noqa: deferred so --help works without grpcio-tools
 
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "caffe.desc"

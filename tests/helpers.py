@@ -11,10 +11,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from google.protobuf import text_format
-
 from caffelike.layers import layer_class
 from caffelike.proto import caffe_pb2
+from google.protobuf import text_format
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
@@ -217,8 +216,8 @@ def check_loss_case(case: Case) -> None:
 def lenet_train_solver(batch_size: int, base_lr: float = 0.01):
     """A SGD Solver over zoo/lenet's lenet_train_test.prototxt reading the fixture MNIST LMDB (seeded)."""
     from caffelike import zoo
-    from caffelike.prototxt import read_net
-    from caffelike.solver import Solver
+    from caffelike.format.prototxt import read_net
+    from caffelike.train.solver import Solver
 
     net = read_net(zoo.path("lenet", "lenet_train_test.prototxt"))
     for layer in net.layer:

@@ -1,18 +1,19 @@
-"""caffelike.classifier.Classifier and caffelike.batching (forward_all, forward_backward_all, _batch) on the zoo's
+"""caffelike.classifier.Classifier and caffelike.net.batching (forward_all, forward_backward_all, _batch) on the zoo's
 LeNet (batch 64) with the bundled MNIST digits: predictions against the net run by hand, the ten-crop average,
 an end-to-end read of digit PNGs, and batching of counts that are not multiples of the batch size."""
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from PIL import Image
 
 import caffelike.net
-from caffelike import batching, zoo
+from caffelike import zoo
 from caffelike.classifier import Classifier
-from caffelike.data import mnist_5k
+from caffelike.data.bundled import mnist_5k
 from caffelike.errors import CaffeError
+from caffelike.format.prototxt import read_net
 from caffelike.io import load_image
-from caffelike.proto import caffe_pb2
-from caffelike.prototxt import read_net
+from caffelike.net import batching
 
 MODEL = zoo.path("lenet", "lenet.prototxt")
 WEIGHTS = zoo.path("lenet", "lenet_mnist5k.caffemodel")

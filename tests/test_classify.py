@@ -1,20 +1,21 @@
-"""`caffelike classify` and caffelike.visualize: DIGITS' "Test a single image" with zoo LeNet on bundled digits —
+"""`caffelike classify` and caffelike.digits.report: DIGITS' "Test a single image" with zoo LeNet on bundled digits —
 the prediction, the preprocessing numbers, the report's content and its pictures."""
 import importlib.util
-import io
 import pathlib
 import re
 
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from PIL import Image
 
 import caffelike as caffe
-from caffelike import classify, pictures, visualize, zoo
+from caffelike import zoo
 from caffelike.cli import main
-from caffelike.data import mnist_5k
+from caffelike.data.bundled import mnist_5k
+from caffelike.digits import classify, pictures
+from caffelike.digits import report as visualize
 from caffelike.errors import CaffeError
-from caffelike.proto import caffe_pb2
 
 MODEL = zoo.path("lenet", "lenet.prototxt")
 WEIGHTS = zoo.path("lenet", "lenet_mnist5k.caffemodel")

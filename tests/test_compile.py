@@ -8,16 +8,15 @@ import textwrap
 
 import numpy as np
 import pytest
+import test_registry
 import torch
 import torch._dynamo
+from helpers import Case, lenet_train_solver, make_layer
+from test_python_layer import MODULE as PYTHON_LAYERS
 
 import caffelike as caffe
 from caffelike import zoo
-from caffelike.prototxt import read_net
-from helpers import Case, lenet_train_solver, make_layer
-
-import test_registry
-from test_python_layer import MODULE as PYTHON_LAYERS
+from caffelike.format.prototxt import read_net
 
 LENET = zoo.path("lenet", "lenet.prototxt")
 WEIGHTS = zoo.path("lenet", "lenet_mnist5k.caffemodel")
@@ -177,7 +176,7 @@ def _all_blobs(net, x):
 
 
 def test_nonfinite_loss_in_a_compiled_net_still_names_the_layer(tmp_path):
-    from caffelike.solver import TrainingError
+    from caffelike.train.solver import TrainingError
 
     solver = lenet_train_solver(8)
     solver.param.base_lr = 1e30

@@ -1,4 +1,4 @@
-"""DIGITS' image-classification dataset (caffelike.digits_dataset, `caffelike dataset create`): the 75/25 split
+"""DIGITS' image-classification dataset (caffelike.digits.dataset, `caffelike dataset create`): the 75/25 split
 with Python 2 rounding, labels and list files, '%08d_%d' keys, Datum fields, exact PNG round trips, the mean
 against numpy, MNIST inversion, IDX parsing, resize modes, and errors that leave nothing behind."""
 import gzip
@@ -8,14 +8,14 @@ import struct
 
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from PIL import Image
 
-from caffelike import digits_dataset as dd
 from caffelike.cli import main
-from caffelike.data import mnist_5k
-from caffelike.datum import DatumDB, datum_pixels, parse_datum
-from caffelike.dbwriter import DatasetError
-from caffelike.proto import caffe_pb2
+from caffelike.data.bundled import mnist_5k
+from caffelike.data.datum import DatumDB, datum_pixels, parse_datum
+from caffelike.data.dbwriter import DatasetError
+from caffelike.digits import dataset as dd
 
 MNIST_TRAIN_CLASS_SIZES = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -181,8 +181,9 @@ def test_mean_is_the_rounded_numpy_mean_of_the_training_images(bundled):
 
 
 def test_a_caffe_data_layer_reads_the_dataset_with_its_mean(bundled):
-    import caffelike as caffe
     from google.protobuf import text_format
+
+    import caffelike as caffe
 
     out, _ = bundled
     text = (f'layer {{ name: "d" type: "Data" top: "data" top: "label" transform_param {{ mean_file: '

@@ -3,16 +3,16 @@
 import pathlib
 
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
 from caffelike import zoo
-from caffelike.digits_model import write_model_files
+from caffelike.digits.model_files import write_model_files
 from caffelike.errors import PrototxtError
-from caffelike.netstate import filter_net, make_state
-from caffelike.proto import caffe_pb2
-from caffelike.prototxt import read_net
-from caffelike.weights import array_to_blob
+from caffelike.format.blobproto import array_to_blob
+from caffelike.format.prototxt import read_net
+from caffelike.net.netstate import filter_net, make_state
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / "fixtures" / "digits_derived"
 

@@ -5,14 +5,14 @@ import shutil
 import subprocess
 
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 from caffelike import draw, zoo
 from caffelike.cli import main
 from caffelike.errors import CaffeError, PrototxtError
+from caffelike.format.prototxt import read_net
 from caffelike.net_spec import L, P, to_proto
-from caffelike.prototxt import read_net
-from caffelike.proto import caffe_pb2
 
 LENET = zoo.path("lenet", "lenet_train_test.prototxt")
 HAVE_DOT = shutil.which("dot") is not None

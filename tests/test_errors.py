@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import caffelike as caffe
-from caffelike.prototxt import parse_net
+from caffelike.format.prototxt import parse_net
 
 NET = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }

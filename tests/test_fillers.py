@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-
-from caffelike.errors import LayerError
-from caffelike.fillers import fans, fill
 from caffelike.proto import caffe_pb2
+
+from caffelike.core.fillers import fans, fill
+from caffelike.errors import LayerError
 
 
 def filler(**kw):

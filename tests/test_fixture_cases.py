@@ -8,9 +8,9 @@ are skipped with the missing types named.
 import random
 
 import pytest
+from helpers import FIXTURES, Case, assert_blob_close
 
 import caffelike as caffe
-from helpers import FIXTURES, Case, assert_blob_close
 
 CASES = [(kind, p.name) for kind in ("layers", "nets") for p in sorted((FIXTURES / kind).iterdir()) if p.is_dir()]
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import FIXTURES, Case
 
 import caffelike as caffe
-from helpers import FIXTURES, Case
 
 pytestmark = pytest.mark.gpu
 

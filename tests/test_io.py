@@ -3,11 +3,11 @@ against a hand computation, resize_image against values worked out by hand for s
 load_image on PNG/JPEG files written here, and the positions of oversample's ten crops."""
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from PIL import Image
 
 from caffelike import io as cio
 from caffelike.errors import CaffeError
-from caffelike.proto import caffe_pb2
 
 
 # ------------------------------------------------------------------------------------------------------ BlobProto

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
-
-from caffelike.errors import LayerError
 from caffelike.layers import layer_class
 from caffelike.proto import caffe_pb2
+from google.protobuf import text_format
 from helpers import Case, as_tuple, assert_blob_close, check_gradient, make_layer
+
+from caffelike.errors import LayerError
 
 # Layers that only move values are compared bit for bit; the others with the case's tolerance.
 EXACT = {"concat", "slice", "split", "flatten", "reshape", "eltwise_sum", "eltwise_max"}

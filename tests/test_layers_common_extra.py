@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from helpers import Case, as_tuple, assert_blob_close, check_gradient, forward, make_layer, rand
 
 from caffelike.errors import LayerError
-from caffelike.proto import caffe_pb2
-from helpers import Case, as_tuple, assert_blob_close, check_gradient, forward, make_layer, rand
 
 TEST = caffe_pb2.TEST
 

@@ -10,17 +10,24 @@ import lmdb
 import numpy as np
 import pytest
 import torch
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from helpers import FIXTURES, Case, assert_blob_close
 from PIL import Image
 
 import caffelike as caffe
-from caffelike.datum import (
-    DatumDB, DatumError, array_to_datum, datum_to_array, decode_datum, decode_image, encode_datum, resize_linear,
+from caffelike.data.datum import (
+    DatumDB,
+    DatumError,
+    array_to_datum,
+    datum_to_array,
+    decode_datum,
+    decode_image,
+    encode_datum,
+    resize_linear,
 )
+from caffelike.data.prefetch import Prefetcher
 from caffelike.errors import CaffeError, LayerError
-from caffelike.prefetch import Prefetcher
-from caffelike.proto import caffe_pb2
-from helpers import FIXTURES, Case, assert_blob_close
 
 
 # ------------------------------------------------------------------------------------------------------- helpers

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from helpers import Case, as_tuple, assert_blob_close, check_gradient, check_loss_case, make_layer
 
 from caffelike.errors import LayerError
-from helpers import check_loss_case, Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 FLT_MIN = np.finfo(np.float32).tiny
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import Case, as_tuple, assert_blob_close, check_gradient, check_loss_case, make_layer
 
 from caffelike.errors import LayerError
 from caffelike.io import array_to_blobproto
-from helpers import check_loss_case, Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 LOG_THRESHOLD = float(np.float32(1e-20))
 

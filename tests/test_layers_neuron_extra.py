@@ -6,12 +6,12 @@ parameters the fixtures do not cover, by float64 central differences, and on its
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
-
-from caffelike.errors import LayerError
 from caffelike.layers import layer_class
 from caffelike.proto import caffe_pb2
+from google.protobuf import text_format
 from helpers import Case, as_tuple, assert_blob_close, check_gradient, forward, make_layer, rand
+
+from caffelike.errors import LayerError
 
 TEST = caffe_pb2.TEST
 

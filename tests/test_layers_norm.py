@@ -6,11 +6,11 @@ parameters the fixtures do not cover, by float64 central differences, and on its
 import numpy as np
 import pytest
 import torch
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from helpers import Case, assert_blob_close, check_gradient, forward, make_layer, rand
 
 from caffelike.errors import LayerError
-from caffelike.proto import caffe_pb2
-from helpers import Case, assert_blob_close, check_gradient, forward, make_layer, rand
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 

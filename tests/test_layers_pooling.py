@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from caffelike.errors import LayerError
 from caffelike.layers.vision import pooled_size
 from helpers import assert_blob_close, check_gradient, make_layer
 from test_layers_vision import FLT_MAX, one_thread, pool_text, rng, run  # noqa: F401 (one_thread: an autouse fixture)
+
+from caffelike.errors import LayerError
 
 
 def np_pool(x, method, kernel, stride, pad, ceil=True):

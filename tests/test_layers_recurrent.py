@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from helpers import Case, as_tuple, assert_blob_close, check_gradient, forward, make_layer, rand
 
 from caffelike.errors import LayerError
-from helpers import Case, as_tuple, assert_blob_close, check_gradient, forward, make_layer, rand
 
 H = 3
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from caffelike.layers import layer_class
 from google.protobuf import text_format
+from helpers import Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 from caffelike.errors import LayerError
-from caffelike.layers import layer_class
-from helpers import Case, as_tuple, assert_blob_close, check_gradient, make_layer
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

@@ -6,14 +6,14 @@ import logging
 
 import numpy as np
 import pytest
+from caffelike.layers.window_data import window_geometry
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 from PIL import Image
 
 import caffelike as caffe
-from caffelike.datum import resize_linear
+from caffelike.data.datum import resize_linear
 from caffelike.errors import CaffeError, LayerError
-from caffelike.layers.window_data import window_geometry
-from caffelike.proto import caffe_pb2
 
 
 # ------------------------------------------------------------------------------------------------------- helpers

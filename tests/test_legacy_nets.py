@@ -14,12 +14,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from helpers import FIXTURES, Case
 from PIL import Image
 
 import caffelike as caffe
-from caffelike.proto import caffe_pb2
-from helpers import FIXTURES, Case
 
 V1_LENET = """name: "LeNet"
 input: "data"
@@ -84,8 +84,8 @@ def write_blobproto(path, array: np.ndarray) -> None:
 
 
 def write_lmdb(tmp):
-    from caffelike.datum import array_to_datum
-    from caffelike.dbwriter import LmdbWriter
+    from caffelike.data.datum import array_to_datum
+    from caffelike.data.dbwriter import LmdbWriter
 
     images = np.random.default_rng(3).integers(0, 256, (5, 2, 5, 6), dtype=np.uint8)
     with LmdbWriter(str(tmp / "lmdb")) as db:

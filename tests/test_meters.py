@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffelike.meters import AverageValueMeter, ClassErrorMeter, ConfusionMeter, MeterError, MovingAverageMeter
+from caffelike.train.meters import AverageValueMeter, ClassErrorMeter, ConfusionMeter, MeterError, MovingAverageMeter
 
 
 # ------------------------------------------------------------------------------------------- AverageValueMeter

@@ -3,12 +3,12 @@ the torch path versus the pycaffe path, and the pycaffe Net API surface."""
 import numpy as np
 import pytest
 import torch
+from helpers import assert_blob_close
 
 import caffelike as caffe
-from caffelike.netstate import filter_net, make_state
-from caffelike.prototxt import parse_net
-from caffelike.splits import insert_splits
-from helpers import assert_blob_close
+from caffelike.format.prototxt import parse_net
+from caffelike.net.netstate import filter_net, make_state
+from caffelike.net.splits import insert_splits
 
 
 def net_from(text: str, phase=caffe.TEST, **kw) -> caffe.Net:

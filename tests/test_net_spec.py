@@ -2,12 +2,12 @@
 keyword rules (ntop, in_place, *param, <type>_param, LayerParameter fallback, assign_proto), naming and errors."""
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
 from caffelike import zoo
 from caffelike.net_spec import Function, L, NetSpec, NetSpecError, P, assign_proto, param_name_dict, to_proto
-from caffelike.proto import caffe_pb2
 
 LEARNED = dict(param=[dict(lr_mult=1), dict(lr_mult=2)], weight_filler=dict(type="xavier"),
                bias_filler=dict(type="constant"))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from caffelike.digits.curves import LR_COLOR, PALETTE, Scale, nice_step, panel_boxes, plot_training
 from caffelike.errors import CaffeError
-from caffelike.plot import LR_COLOR, PALETTE, Scale, nice_step, panel_boxes, plot_training
 
 TRAIN = {"loss": [(i, 2.3 * math.exp(-i / 300) + 0.05) for i in range(0, 2001, 20)]}
 TEST = {"loss": [(i, 2.3 * math.exp(-i / 300) + 0.1) for i in range(0, 2001, 250)],

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from helpers import lenet_train_solver
 
 from caffelike.errors import CaffeError
-from caffelike.precision import MixedPrecision
-from helpers import lenet_train_solver
+from caffelike.train.precision import MixedPrecision
 
 
 def lenet_solver(precision: str):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from caffelike.proto import caffe_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

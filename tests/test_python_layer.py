@@ -6,9 +6,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from caffelike.layers.python import EXTRA_PATHS, add_python_path
 
 import caffelike as caffe
-from caffelike.layers.python import add_python_path, EXTRA_PATHS
+from caffelike.format.prototxt import parse_net
 
 MODULE = '''
 import caffe
@@ -283,7 +284,7 @@ def test_modules_are_found_beside_the_prototxt_and_on_added_paths(tmp_path, monk
     (other / "pylayers_added.py").write_text(MODULE)
     add_python_path(str(other))
     try:
-        caffe.Net(caffe.prototxt.parse_net(net_text(py("a", "TimesTen", "data", "out").replace(
+        caffe.Net(parse_net(net_text(py("a", "TimesTen", "data", "out").replace(
             "pylayers", "pylayers_added"))), caffe.TEST)
     finally:
         EXTRA_PATHS.remove(str(other))

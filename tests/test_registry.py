@@ -4,10 +4,10 @@ the registry without an entry here fails `test_every_registered_type_has_a_case`
 import numpy as np
 import pytest
 import torch
-
-import caffelike as caffe
 from caffelike.layers.base import layer_class
 from helpers import FIXTURES, as_tuple, check_gradient, make_layer
+
+import caffelike as caffe
 
 
 def normal(*shape, seed=0):

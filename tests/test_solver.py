@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
 from caffelike.errors import CaffeError
-from caffelike.lr_policy import learning_rate
-from caffelike.proto import caffe_pb2
-from caffelike.solver import Solver, TrainingError, get_solver
+from caffelike.train.lr_policy import learning_rate
+from caffelike.train.solver import Solver, TrainingError, get_solver
 
 NET = """
 name: "regress"
@@ -174,7 +174,7 @@ def _one_tensor_step(kind, p, hist, g, rate, it):
 
 @pytest.mark.parametrize("kind", ["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
 def test_grouped_updates_are_bitwise_the_per_tensor_arithmetic(kind):
-    from caffelike.updates import make_rule
+    from caffelike.train.updates import make_rule
     p = caffe_pb2.SolverParameter(type=kind, momentum=0.9 if kind in ("SGD", "Nesterov", "AdaDelta", "Adam") else 0,
                                   rms_decay=0.95, delta=1e-6)
     gen = torch.Generator().manual_seed(0)

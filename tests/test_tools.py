@@ -8,11 +8,11 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 from PIL import Image
 
 from caffelike.cli import main
-from caffelike.dbwriter import DatasetError, LmdbWriter, image_to_datum
-from caffelike.proto import caffe_pb2
+from caffelike.data.dbwriter import DatasetError, LmdbWriter, image_to_datum
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")

@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
-
-from caffelike.prototxt import read_solver
-from caffelike.solver import Solver
-from caffelike.weights import blob_to_array, read_caffemodel
 from helpers import FIXTURES
+
+from caffelike.format.blobproto import blob_to_array
+from caffelike.format.prototxt import read_solver
+from caffelike.format.weights import read_caffemodel
+from caffelike.train.solver import Solver
 
 TRACES = sorted(p.name for p in (FIXTURES / "traces").iterdir() if p.is_dir())
 ADAPTIVE = {"AdaGrad", "RMSProp", "AdaDelta", "Adam"}

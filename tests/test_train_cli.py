@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from caffelike.cli import main
-from caffelike.signals import SignalHandler
+from caffelike.train.signals import SignalHandler
 
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")
 NET = """name: "tiny"
@@ -70,7 +70,7 @@ def test_signal_requests():
 
 
 def test_sigint_stops_after_a_snapshot(solver_file, tmp_path, capsys, monkeypatch):
-    from caffelike import solver as solver_module
+    from caffelike.train import solver as solver_module
 
     original = solver_module.Solver.apply_update
 
@@ -87,8 +87,8 @@ def test_sigint_stops_after_a_snapshot(solver_file, tmp_path, capsys, monkeypatc
 
 
 def test_precision_and_compile_flags(solver_file, tmp_path, capsys, monkeypatch):
-    from caffelike.graph import NetGraph
-    from caffelike.solver import Solver
+    from caffelike.net.graph import NetGraph
+    from caffelike.train.solver import Solver
 
     seen = {}
     monkeypatch.setattr(NetGraph, "compile", lambda self, **kw: seen.setdefault("compiled", True))

@@ -1,13 +1,13 @@
-"""caffelike.transformer.DataTransformer against an independent element-by-element reference of Caffe's
+"""caffelike.data.transformer.DataTransformer against an independent element-by-element reference of Caffe's
 DataTransformer::Transform loops (mirror drawn first, crop, (x - mean) * scale in float32, mean_file indexed at
 the uncropped position), plus its randomness and its errors."""
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
 
 import caffelike as caffe
+from caffelike.data.transformer import DataTransformer, load_mean_file
 from caffelike.errors import CaffeError
-from caffelike.proto import caffe_pb2
-from caffelike.transformer import DataTransformer, load_mean_file
 
 
 def reference(img, *, scale=1.0, crop=0, mean=None, mean_values=None, do_mirror=False, h_off=0, w_off=0):

@@ -1,13 +1,13 @@
-"""caffelike.upgrade against Caffe's upgrade rules (upgrade_proto.cpp): each old-format net below is upgraded and
+"""caffelike.format.upgrade against Caffe's upgrade rules (upgrade_proto.cpp): each old-format net below is upgraded and
 compared with the current-format text written by hand from those rules."""
 from __future__ import annotations
 
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
-from caffelike import upgrade
-from caffelike.proto import caffe_pb2
-from caffelike.upgrade import V1_TYPE_NAMES, net_needs_upgrade, upgrade_net
+from caffelike.format import upgrade
+from caffelike.format.upgrade import V1_TYPE_NAMES, net_needs_upgrade, upgrade_net
 
 
 def parse_net(text: str) -> caffe_pb2.NetParameter:

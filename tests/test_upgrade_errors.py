@@ -3,10 +3,10 @@ the net left as it was."""
 from __future__ import annotations
 
 import pytest
+from test_upgrade import parse_net
 
 from caffelike.errors import PrototxtError
-from caffelike.upgrade import upgrade_net
-from test_upgrade import parse_net
+from caffelike.format.upgrade import upgrade_net
 
 
 def assert_upgrade_fails(text: str, *fragments: str) -> None:

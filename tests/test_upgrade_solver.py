@@ -3,13 +3,20 @@ like net files."""
 from __future__ import annotations
 
 import pytest
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from test_upgrade import (
+    V0_LENET,
+    V0_LENET_UPGRADED,
+    V1_ALEXNET,
+    V1_ALEXNET_UPGRADED,
+    V1_DEPLOY,
+    V1_DEPLOY_UPGRADED,
+    parse_net,
+)
 
 from caffelike.errors import PrototxtError
-from caffelike.proto import caffe_pb2
-from caffelike.upgrade import upgrade_solver
-from test_upgrade import (V0_LENET, V0_LENET_UPGRADED, V1_ALEXNET, V1_ALEXNET_UPGRADED, V1_DEPLOY,
-                          V1_DEPLOY_UPGRADED, parse_net)
+from caffelike.format.upgrade import upgrade_solver
 
 SOLVER_TYPE_CASES = [("SGD", "SGD"), ("NESTEROV", "Nesterov"), ("ADAGRAD", "AdaGrad"), ("RMSPROP", "RMSProp"),
                      ("ADADELTA", "AdaDelta"), ("ADAM", "Adam")]

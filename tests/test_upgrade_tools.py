@@ -1,12 +1,12 @@
 """Caffe's upgrade_net_proto_text / _binary / upgrade_solver_proto_text as `caffelike` verbs."""
 import numpy as np
+from caffelike.proto import caffe_pb2
+from test_legacy_nets import V1_LENET
+from test_weights import _v1_caffemodel
 
 import caffelike as caffe
 from caffelike.cli import main
-from caffelike.proto import caffe_pb2
-from caffelike.prototxt import read_message
-from test_legacy_nets import V1_LENET
-from test_weights import _v1_caffemodel
+from caffelike.format.prototxt import read_message
 
 
 def test_upgrade_net_proto_text(tmp_path):

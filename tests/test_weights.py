@@ -3,13 +3,14 @@ import json
 
 import numpy as np
 import pytest
+from caffelike.proto import caffe_pb2
+from helpers import FIXTURES
 
 import caffelike as caffe
 from caffelike import zoo
-from caffelike.proto import caffe_pb2
-from caffelike.prototxt import parse_net
-from caffelike.weights import blob_to_array, read_caffemodel, shape_matches
-from helpers import FIXTURES
+from caffelike.format.blobproto import blob_to_array, shape_matches
+from caffelike.format.prototxt import parse_net
+from caffelike.format.weights import read_caffemodel
 
 # Fixture cases whose weights.caffemodel BVLC Caffe wrote with net.save from exactly the case's net.
 SAVED_BY_CAFFE = [

@@ -10,16 +10,15 @@ import sys
 
 import numpy as np
 import pytest
+import zoo_shapes
+from caffelike.proto import caffe_pb2
 
 import caffelike as caffe
 from caffelike import zoo
-from caffelike.datum import array_to_datum
-from caffelike.dbwriter import LmdbWriter
+from caffelike.data.datum import array_to_datum
+from caffelike.data.dbwriter import LmdbWriter
+from caffelike.format.prototxt import read_net, read_solver
 from caffelike.io import array_to_blobproto
-from caffelike.proto import caffe_pb2
-from caffelike.prototxt import read_net, read_solver
-
-import zoo_shapes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("zoo_generate", ROOT / "zoo" / "generate.py")

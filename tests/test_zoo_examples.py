@@ -15,15 +15,15 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
+from helpers import Case, assert_blob_close
 
 import caffelike as caffe
 from caffelike import zoo
-from caffelike.dbwriter import LmdbWriter, image_to_datum
-from caffelike.prototxt import read_net, read_solver
-from caffelike.proto import caffe_pb2
-from caffelike.solver import get_solver
-from helpers import Case, assert_blob_close
+from caffelike.data.dbwriter import LmdbWriter, image_to_datum
+from caffelike.format.prototxt import read_net, read_solver
+from caffelike.train.solver import get_solver
 
 N = 2  # the batch every net runs at here
 RECORDS = 4  # per LMDB: two batches

@@ -7,7 +7,6 @@ import math
 
 from caffelike.proto import caffe_pb2
 
-
 # ------------------------------------------------------------------------------------- what the tests expect
 # Per-image shapes (batch axis left out) at checkpoints, derived by hand from the layer parameters:
 # convolution out = floor((in + 2 pad - kernel) / stride) + 1; Caffe's pooling rounds up,

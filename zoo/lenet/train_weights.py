@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 import caffelike as caffe
-from caffelike.data import mnist_5k, mnist_split
-from caffelike.graph import NetGraph
-from caffelike.prototxt import read_net
+from caffelike.data.bundled import mnist_5k, mnist_split
+from caffelike.net.graph import NetGraph
+from caffelike.format.prototxt import read_net
 
 HERE = pathlib.Path(__file__).resolve().parent
 

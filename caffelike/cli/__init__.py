@@ -1,0 +1,79 @@
+"""The `caffelike` command: Caffe's verbs and flag spellings.
+
+    caffelike train --solver=solver.prototxt [--weights=w.caffemodel | --snapshot=s.solverstate] [--gpu 0]
+    caffelike test --model=net.prototxt --weights=w.caffemodel [--iterations 50] [--gpu 0] [--phase TEST]
+    caffelike time --model=net.prototxt [--iterations 50] [--gpu 0] [--phase TRAIN]
+    caffelike device_query [--gpu 0]
+    caffelike digits [--count 1000]           LeNet on the bundled MNIST digits
+
+Flags may be written `--flag=value`, `--flag value` or Caffe's single-dash `-flag value`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+
+from caffelike.errors import CaffeError
+
+# verb -> (module under caffelike.cli, one-line help); each module has add_arguments(parser) and run(args).
+COMMANDS = {
+    "train": ("caffelike.cli.train", "train or finetune a model from a solver prototxt"),
+    "test": ("caffelike.cli.test_net", "score a model by running it for --iterations batches"),
+    "time": ("caffelike.cli.time_net", "benchmark a model's forward and backward passes per layer"),
+    "device_query": ("caffelike.cli.device_query", "show the CUDA devices torch can use"),
+    "upgrade_net_proto_text": ("caffelike.cli.upgrade", "rewrite a V0/V1 net prototxt in the current format"),
+    "upgrade_net_proto_binary": ("caffelike.cli.upgrade", "rewrite a V0/V1 binary net (caffemodel) in the current "
+                                 "format"),
+    "upgrade_solver_proto_text": ("caffelike.cli.upgrade", "rewrite an old solver prototxt in the current format"),
+    "tutorial": ("caffelike.cli.tutorial", "reproduce DIGITS' Python-layer occlusion tutorial end to end"),
+    "digits": ("caffelike.cli.digits", "train LeNet on the bundled MNIST digits and report its test accuracy"),
+    "convert_imageset": ("caffelike.cli.convert_imageset", "convert a list of images to an LMDB of Datums"),
+    "compute_image_mean": ("caffelike.cli.compute_image_mean", "compute the mean image of a Datum database"),
+    "draw": ("caffelike.cli.draw_net", "draw a net's graph (PNG/SVG/PDF via graphviz, or DOT text)"),
+    "dataset": ("caffelike.cli.dataset", "create a DIGITS image-classification dataset (LMDBs, mean, labels)"),
+    "classify": ("caffelike.cli.classify", "classify an image with a deploy net (top-5), optionally writing a "
+                                             "DIGITS-style visual report"),
+}
+
+_SINGLE_DASH = re.compile(r"^-([A-Za-z_][A-Za-z0-9_]+)(=.*)?$")
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """Accept gflags' single-dash long flags (`-model x`, `-gpu=0`) by rewriting them to `--model x`."""
+    return ["-" + a if _SINGLE_DASH.match(a) else a for a in argv]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="caffelike", description="Caffe's command line on PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for verb, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from caffelike.cli.glog import init_log
+
+    argv = normalize_flags(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    init_log(logging.INFO)
+    try:
+        return int(args._run(args) or 0)
+    except CaffeError as e:
+        logging.getLogger("caffelike").error("%s", e)
+        print(f"caffelike {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,94 @@
+"""`caffelike dataset create --out DIR [SOURCE] [OPTIONS]`: a DIGITS image-classification dataset folder.
+
+    caffelike dataset create --out mnist_ds                          the bundled 5,000 digits, as DIGITS' MNIST
+    caffelike dataset create --out mnist_ds --mnist-idx ~/mnist      train-images-idx3-ubyte[.gz] & labels
+    caffelike dataset create --out pets --folder ~/pets --size 64x64 one sub-folder per class
+
+Writes labels.txt, train.txt, val.txt, train_db/, val_db/, mean.binaryproto, mean.jpg and dataset.json with
+DIGITS' defaults (25% validation, PNG-encoded Datums, squash resizing, at least 2 images per class); see
+caffelike.digits.dataset for how each file is made and where this differs from DIGITS.
+"""
+from __future__ import annotations
+
+import logging
+
+from caffelike.data.dbwriter import DatasetError
+
+log = logging.getLogger("caffelike")
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="action", metavar="action")
+    sub.required = True
+    c = sub.add_parser("create", help="build the dataset folder",
+                       description="Build a DIGITS image-classification dataset (LMDBs, mean, labels).")
+    c.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to create")
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--folder", metavar="PATH", help="a folder of class sub-folders of images")
+    source.add_argument("--mnist-idx", metavar="DIR", help="a folder holding MNIST's IDX files (gzipped or not, "
+                                                           "LeCun's or DIGITS' names)")
+    source.add_argument("--images", metavar="FILE", help="an IDX image file (with --labels)")
+    source.add_argument("--bundled", action="store_true", help="caffelike's 5,000 MNIST digits (the default)")
+    c.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images")
+    c.add_argument("--mnist-part", choices=("train", "test"), default=None,
+                   help="which MNIST files --mnist-idx reads (default train, as the DIGITS tutorial)")
+    c.add_argument("--image-type", choices=("grayscale", "color"), default=None,
+                   help="default: grayscale for MNIST sources, color for --folder")
+    c.add_argument("--size", default="28x28", metavar="HxW", help="image height x width (default 28x28)")
+    c.add_argument("--resize-mode", choices=("squash", "crop", "fill", "half_crop"), default="squash",
+                   help="how images of another shape are fitted (default squash)")
+    c.add_argument("--val-percent", type=percent, default=25, metavar="PCT",
+                   help="%% of each class for validation (default 25)")
+    c.add_argument("--test-percent", type=percent, default=0, metavar="PCT",
+                   help="%% of each class for a test_db (default 0)")
+    c.add_argument("--encoding", choices=("png", "jpg", "none"), default="png",
+                   help="how images are stored in the Datums (default png)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the shuffles (DIGITS' are unseeded)")
+    c.add_argument("--min-per-class", type=int, default=2, help="leave out classes with fewer images (default 2)")
+    c.add_argument("--max-per-class", type=int, default=None, help="use at most this many images of each class")
+    invert = c.add_mutually_exclusive_group()
+    invert.add_argument("--no-invert", dest="invert", action="store_const", const=False, default=None,
+                        help="keep MNIST digits white on black (DIGITS' downloader inverts them)")
+    invert.add_argument("--invert", dest="invert", action="store_const", const=True,
+                        help="store 255 - pixel, also for --folder images")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder once the new one "
+                                                            "is complete")
+
+
+def percent(text: str):
+    """A percentage, kept an int when it is one (so dataset.json says 25, as DIGITS' form does)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def source_of(args):
+    """The Source the flags name."""
+    from caffelike.digits import dataset as dd
+
+    if args.labels and not args.images:
+        raise DatasetError("--labels goes with --images (an IDX image file)")
+    if args.mnist_part and not args.mnist_idx:
+        raise DatasetError("--mnist-part goes with --mnist-idx")
+    if args.folder:
+        return dd.FolderSource(args.folder)
+    if args.mnist_idx:
+        return dd.mnist_idx_source(args.mnist_idx, args.mnist_part or "train")
+    if args.images:
+        if not args.labels:
+            raise DatasetError("--images needs --labels (the IDX label file)")
+        return dd.idx_source(args.images, args.labels)
+    return dd.bundled_source()
+
+
+def run(args) -> int:
+    from caffelike.digits.dataset import create_dataset
+
+    summary = create_dataset(
+        args.out, source_of(args), image_type=args.image_type, size=args.size, resize_mode=args.resize_mode,
+        val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
+        min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
+        overwrite=args.overwrite)
+    counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
+    print(f"{summary['path']}: {counts} images in {len(summary['labels'])} classes, "
+          f"{summary['height']}x{summary['width']} {summary['image_type']}")
+    return 0

@@ -1,0 +1,118 @@
+"""`caffelike train`: caffe train's flags and log, a progress line on a terminal, and training curves as a PNG
+at every snapshot and at the end."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from caffelike.cli.common import add_python_path_flag, apply_python_path, stages_of
+from caffelike.core import runtime
+from caffelike.digits.curves import write_curves
+from caffelike.errors import CaffeError
+from caffelike.format.prototxt import read_solver
+from caffelike.proto import caffe_pb2
+from caffelike.train.signals import EFFECTS, SignalHandler
+
+log = logging.getLogger("caffelike")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--solver", required=True, help="the solver definition protocol buffer text file")
+    p.add_argument("--weights", default="", help="comma-separated .caffemodel files to finetune from")
+    p.add_argument("--snapshot", default="", help="a .solverstate to resume training from")
+    p.add_argument("--gpu", default="", help="GPU id(s) to use ('0', '0,1', 'all'); omit for the solver's mode")
+    p.add_argument("--stage", default="", help="comma-separated stages added to the train net's state")
+    p.add_argument("--level", type=int, default=0, help="the train net's level")
+    p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does")
+    p.add_argument("--sighup_effect", default="snapshot", choices=EFFECTS, help="what SIGHUP does")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 is Caffe's arithmetic; bf16/fp16 run forward and backward under autocast (weights "
+                        "and updates stay float32; fp16 with dynamic loss scaling)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the train net (data and numpy Python layers stay eager)")
+    add_python_path_flag(p)
+    p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
+                                                "_curves.png)")
+
+
+def select_device(gpu_flag: str, param: caffe_pb2.SolverParameter) -> None:
+    """Caffe's rule: --gpu wins; without it, an explicit `solver_mode: GPU` uses `device_id`; otherwise CPU."""
+    if not gpu_flag and param.HasField("solver_mode") and param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        gpu_flag = str(param.device_id)
+    device = runtime.parse_gpu_flag(gpu_flag)
+    if device.type == "cuda":
+        log.info("Using GPUs %d", device.index)
+        runtime.set_device(device.index)
+        runtime.set_mode_gpu()
+    else:
+        log.info("Use CPU.")
+        runtime.set_mode_cpu()
+
+
+class Progress:
+    """A one-line progress display on an interactive terminal, cleared before every log line."""
+
+    def __init__(self, solver, stream=sys.stderr):
+        self.solver, self.stream, self.start = solver, stream, time.perf_counter()
+        self.shown = False
+
+    def draw(self, solver) -> None:
+        done, total = solver.iter, max(solver.param.max_iter, 1)
+        width = 30
+        filled = int(width * min(done, total) / total)
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                          f"loss {solver.smoothed_loss:.4g} {rate:.1f} it/s\033[K")
+        self.stream.flush()
+        self.shown = True
+
+    def filter(self, record) -> bool:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.shown = False
+        return True
+
+
+def run(args) -> int:
+    from caffelike.train.solver import Solver
+
+    if args.snapshot and args.weights:
+        raise CaffeError("Give a snapshot to resume training or weights to finetune but not both.")
+    apply_python_path(args)
+    param = read_solver(args.solver)
+    param.train_state.level = args.level
+    param.train_state.stage.extend(stages_of(args.stage))
+    select_device(args.gpu, param)
+    if args.snapshot:
+        param.ClearField("weights")
+    elif args.weights:
+        param.ClearField("weights")
+        param.weights.append(args.weights)
+    solver = Solver(param, solver_file=args.solver)
+    solver.set_precision(args.precision)
+    if args.compile:
+        solver.net.compile()
+    curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
+    solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
+    progress = None
+    if sys.stderr.isatty():
+        progress = Progress(solver)
+        solver.add_hook("on_update", progress.draw)
+        for handler in log.handlers:
+            handler.addFilter(progress)
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals:
+        solver.requested_action = signals.requested_action
+        if args.snapshot:
+            log.info("Resuming from %s", args.snapshot)
+            solver.restore(args.snapshot)
+        log.info("Starting Optimization")
+        try:
+            solver.solve()
+        finally:
+            write_curves(solver, curves)
+            if progress is not None:
+                for handler in log.handlers:
+                    handler.removeFilter(progress)
+    log.info("Optimization Done.")
+    return 0

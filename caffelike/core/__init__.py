@@ -1,0 +1,2 @@
+"""What every layer and net builds on, as in Caffe's common.hpp, blob.hpp and filler.hpp: the run mode, device
+and seed (`runtime`), pycaffe's `Blob` over a torch tensor (`blob`), and the weight fillers (`fillers`)."""

@@ -1,1 +1,0 @@
-"""Implementations of the `caffelike` subcommands, one module per verb."""

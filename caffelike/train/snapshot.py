@@ -1,0 +1,152 @@
+"""Solver snapshots: `<prefix>_iter_<N>.caffemodel` + `.solverstate` (binary protos, as Caffe writes them) or
+the `.caffemodel.h5` + `.solverstate.h5` pair (snapshot_format: HDF5, needs h5py).  Every file is written to a
+temporary name and renamed, so an interrupted snapshot never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from caffelike.errors import CaffeError
+from caffelike.format.blobproto import array_to_blob, blob_to_array
+from caffelike.format.files import atomic_write
+from caffelike.format.weights import net_to_proto
+from caffelike.proto import caffe_pb2
+
+log = logging.getLogger("caffelike")
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise CaffeError("snapshot_format: HDF5 needs the h5py package (pip install h5py)") from None
+    return h5py
+
+
+def _atomic_h5(path: str, fill) -> None:
+    h5py = _h5py()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _history_arrays(solver) -> list[np.ndarray]:
+    return [h.detach().cpu().numpy() for h in solver.rule.history]
+
+
+def write_snapshot(solver, hdf5: bool = False) -> tuple[str, str]:
+    net, diff = solver.net, solver.param.snapshot_diff
+    net.sync.push()
+    if hdf5:
+        model = solver.snapshot_filename(".caffemodel.h5")
+        log.info("Snapshotting to HDF5 file %s", model)
+
+        def fill_model(f):
+            data = f.create_group("data")
+            grads = f.create_group("diff") if diff else None
+            seen: set[int] = set()
+            for layer in net.layer_list:
+                group = data.require_group(layer.layer_name)
+                for i, p in enumerate(layer.blobs):
+                    if id(p) in seen:
+                        continue  # a shared blob is written once, by its owner, as Caffe does
+                    seen.add(id(p))
+                    group.create_dataset(str(i), data=p.detach().cpu().numpy())
+                    if grads is not None and p.grad is not None:
+                        grads.require_group(layer.layer_name).create_dataset(str(i), data=p.grad.cpu().numpy())
+
+        _atomic_h5(model, fill_model)
+        state = solver.snapshot_filename(".solverstate.h5")
+        log.info("Snapshotting solver state to HDF5 file %s", state)
+
+        def fill_state(f):
+            f.create_dataset("iter", data=np.array([solver.iter], np.int32))
+            f.create_dataset("learned_net", data=np.bytes_(model))
+            f.create_dataset("current_step", data=np.array([solver.current_step], np.int32))
+            history = f.create_group("history")
+            for i, h in enumerate(_history_arrays(solver)):
+                history.create_dataset(str(i), data=h)
+
+        _atomic_h5(state, fill_state)
+        return model, state
+
+    model = solver.snapshot_filename(".caffemodel")
+    log.info("Snapshotting to binary proto file %s", model)
+    atomic_write(model, net_to_proto(net, write_diff=diff).SerializeToString())
+    state = solver.snapshot_filename(".solverstate")
+    msg = caffe_pb2.SolverState(iter=solver.iter, learned_net=model, current_step=solver.current_step)
+    for h in _history_arrays(solver):
+        array_to_blob(h, msg.history.add())
+    log.info("Snapshotting solver state to binary proto file %s", state)
+    atomic_write(state, msg.SerializeToString())
+    return model, state
+
+
+def read_state(path: str) -> tuple[int, str, int, list[np.ndarray]]:
+    """(iter, learned_net, current_step, history arrays) from a .solverstate or .solverstate.h5 file."""
+    if not os.path.isfile(path):
+        raise CaffeError(f"Could not open solver state {path!r}: no such file")
+    if path.endswith(".h5"):
+        with _h5py().File(path, "r") as f:
+            learned = f["learned_net"][()] if "learned_net" in f else b""
+            learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+            history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
+            return int(f["iter"][0]), learned, int(f["current_step"][0]), history
+    msg = caffe_pb2.SolverState()
+    try:
+        with open(path, "rb") as f:
+            msg.ParseFromString(f.read())
+    except Exception as e:
+        raise CaffeError(f"{path!r} is not a valid .solverstate ({e})") from None
+    history = [blob_to_array(b, where=f"{path}: history blob {i}") for i, b in enumerate(msg.history)]
+    return msg.iter, msg.learned_net, msg.current_step, history
+
+
+def restore(solver, path: str) -> None:
+    """Caffe's Solver::Restore: iteration, weights from the stored learned_net path, current step, history."""
+    it, learned_net, current_step, history = read_state(path)
+    if learned_net:
+        solver.net.copy_from(learned_net)
+    solver.iter = it
+    solver.current_step = current_step
+    mine = solver.rule.history
+    if len(history) != len(mine):
+        raise CaffeError(f"{path}: Incorrect length of history blobs: the file has {len(history)}, the "
+                         f"{solver.param.type} solver keeps {len(mine)} for this net")
+    fast_forward_data(solver)
+    log.info("SGDSolver: restoring history")
+    with torch.no_grad():
+        for i, (target, values) in enumerate(zip(mine, history)):
+            if values.size != target.numel():
+                raise CaffeError(f"{path}: history blob {i} has {values.size} values, the parameter has "
+                                 f"{target.numel()}")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(values).reshape(tuple(target.shape))))
+
+
+def fast_forward_data(solver) -> None:
+    """Move every data layer to where an uninterrupted run would be at `solver.iter`, so that resuming gives the
+    uninterrupted run's batches and weights.  (Caffe restarts its databases from the start on restore; skipping
+    is cheap: no record is decoded.)"""
+    p = solver.param
+    tests_done = sum(1 for t in range(solver.iter)
+                     if p.test_interval and t % p.test_interval == 0 and (t > 0 or p.test_initialization))
+    targets = [(solver.net, solver.iter * p.iter_size)]
+    targets += [(net, tests_done * p.test_iter[i]) for i, net in enumerate(solver.test_nets)]
+    for net, batches in targets:
+        for layer in net.layer_list:
+            if hasattr(layer, "skip_batches"):
+                behind = batches - layer.batches_served
+                if behind > 0:
+                    layer.skip_batches(behind)
