@@ -199,7 +199,9 @@ def test_report_is_self_contained_and_shows_every_blob(report):
         assert forbidden not in text
     for name in BLOBS:
         assert f'id="blob-{name}"' in text
-    assert text.count('src="data:image/png;base64,') == 1 + len(BLOBS) + sum(PARAMS.values())
+    rows = len(BLOBS) + sum(PARAMS.values())
+    assert text.count('alt="histogram of the ') == rows  # one matplotlib histogram per row
+    assert text.count('src="data:image/png;base64,') == 1 + 2 * rows  # input, then a picture and a histogram
     assert "431,080 learned parameters" in text  # DIGITS' total for this LeNet
     assert "seven" in text and top[0].label == "seven"
 

@@ -2,11 +2,12 @@
 map scaled to [min, max], nearest-neighbour upscaling, PNG bytes, and a histogram as inline SVG."""
 from __future__ import annotations
 
-import html
 import io
 import math
 
 import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
 
 HIST_BINS = 20
 MAX_SIDE = 1200      # DIGITS keeps at most this many pixels (tiles and padding) along each side of a picture
@@ -15,17 +16,16 @@ MAX_UPSCALED = 2400  # but never beyond this along the longer side, so a 1 x 100
 PAD_VALUE = 255      # white between tiles and in the unused cells of the grid
 
 # DIGITS' jet colour map: the value of each colour at nine evenly spaced points of [0, 1], linearly
-# interpolated in between (dark blue -> blue -> cyan -> yellow -> red -> dark red).
+# interpolated in between (dark blue -> blue -> cyan -> yellow -> red -> dark red).  Not matplotlib's own "jet",
+# whose break points differ; built as a matplotlib colormap so the report and matplotlib figures share it.
 _JET_POINTS = np.linspace(0.0, 1.0, 9)
-_JET_RED = (0, 0, 0, 0, .5, 1, 1, 1, .5)
-_JET_GREEN = (0, 0, .5, 1, 1, 1, .5, 0, 0)
-_JET_BLUE = (.5, 1, 1, 1, .5, 0, 0, 0, 0)
+_JET_RGB = list(zip((0, 0, 0, 0, .5, 1, 1, 1, .5), (0, 0, .5, 1, 1, 1, .5, 0, 0), (.5, 1, 1, 1, .5, 0, 0, 0, 0)))
+JET = LinearSegmentedColormap.from_list("digits_jet", list(zip(_JET_POINTS, _JET_RGB)), N=256)
+
 
 def jet_lut() -> np.ndarray:
-    """(256, 3) uint8: the jet colour of each level 0..255."""
-    x = np.arange(256) / 255.0
-    lut = np.stack([np.interp(x, _JET_POINTS, c) for c in (_JET_RED, _JET_GREEN, _JET_BLUE)], axis=1)
-    return np.floor(lut * 255 + 0.5).astype(np.uint8)
+    """(256, 3) uint8: the jet colour of each level 0..255 (rounded; matplotlib's bytes=True truncates)."""
+    return np.floor(JET(np.arange(256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
 _JET = jet_lut()
@@ -194,34 +194,24 @@ class Stats:
             self.counts, self.edges = np.zeros(0, np.int64), np.zeros(0)
 
 
-def histogram_svg(stats: Stats, width: int = 260, height: int = 96) -> str:
-    """The histogram as an inline <svg> (no namespace URL, so the page holds no http:// at all): one bar per
-    bin, ticks at the first, middle and last bin edges, a tooltip per bar."""
+def histogram_png(stats: Stats, width: int = 260, height: int = 96) -> bytes:
+    """The histogram as a small PNG of `width` x `height` pixels: one bar per bin, the value axis with the first,
+    middle and last bin edges, the tallest bar's count in the corner."""
     counts, edges = stats.counts, stats.edges
-    if not len(counts):
-        return '<span class="muted">no finite values</span>'
-    left, bottom, top = 4, 18, 12
-    plot_w, plot_h = width - 2 * left, height - bottom - top
-    peak = max(int(counts.max()), 1)
-    bar_w = plot_w / len(counts)
-    parts = [f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
-    parts.append(f'<text x="{left}" y="{top - 3}" class="ax">max {peak:,}</text>')
-    for i, count in enumerate(counts):
-        bh = plot_h * int(count) / peak
-        x = left + i * bar_w
-        y = top + plot_h - bh
-        tip = f"[{_num(edges[i])}, {_num(edges[i + 1])}{']' if i == len(counts) - 1 else ')'}: {int(count):,}"
-        parts.append(f'<rect x="{x:.2f}" y="{y:.2f}" width="{max(bar_w - 1, 0.5):.2f}" height="{bh:.2f}">'
-                     f'<title>{html.escape(tip)}</title></rect>')
-    base = top + plot_h
-    parts.append(f'<line x1="{left}" y1="{base + 0.5}" x2="{left + plot_w}" y2="{base + 0.5}" class="axis"/>')
-    mid = len(edges) // 2
-    for x, anchor, value in ((left, "start", edges[0]), (left + plot_w / 2, "middle", edges[mid]),
-                             (left + plot_w, "end", edges[-1])):
-        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="ax">{_num(value)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4a6fa5", linewidth=0)
+    ax.set_yticks([])
+    ax.set_xticks([edges[0], edges[len(edges) // 2], edges[-1]], [_num(e) for e in
+                  (edges[0], edges[len(edges) // 2], edges[-1])], fontsize=7)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.text(0.0, 1.0, f"max {int(counts.max()):,}", transform=ax.transAxes, fontsize=7, va="bottom")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _num(v: float) -> str:

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from caffelike.digits.classify import Prediction, _dims
-from caffelike.digits.pictures import Picture, Stats, _num, histogram_svg, picture, png_bytes
+from caffelike.digits.pictures import Picture, Stats, _num, histogram_png, picture, png_bytes
 from caffelike.format.files import atomic_write
 
 log = logging.getLogger("caffelike")
@@ -141,13 +141,19 @@ border-radius:8px;background:#e8eef7;color:#245;margin-left:6px}.kind.w{backgrou
 table.stats td{font-size:13px;padding:1px 8px 1px 0;border:none;white-space:nowrap}table.stats td:first-child{color:#666}
 table.stats td.v{font-variant-numeric:tabular-nums}
 .pic img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}.note{font-size:12px;color:#777}
-svg.hist rect{fill:#4a8bc2}svg.hist .axis{stroke:#888;stroke-width:1}svg.hist .ax{font-size:10px;fill:#555}
+
 .muted{color:#999}tr.totals td{font-weight:600;border-top:2px solid #999}
 """
 
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _histogram(s: Stats) -> str:
+    if not len(s.counts):
+        return '<span class="muted">no finite values</span>'
+    return _img(histogram_png(s), f"histogram of the {s.size - s.non_finite:,} finite values")
 
 
 def _stats_table(s: Stats) -> str:
@@ -188,7 +194,7 @@ def render_html(rows: list[Row], total_params: int, predictions: Sequence[Predic
         anchor = ("blob-" if r.kind == "Activation" else "param-") + html.escape(file_name(r.title), quote=True)
         out.append(f'<tr id="{anchor}"><td><div class="name">{html.escape(r.title)}{badge}</div>'
                    f'<div class="detail">{r.detail}</div></td><td>{_stats_table(r.stats)}</td>'
-                   f'<td>{histogram_svg(r.stats)}</td><td class="pic">{pic}</td></tr>')
+                   f'<td>{_histogram(r.stats)}</td><td class="pic">{pic}</td></tr>')
     out.append(f'<tr class="totals"><td>Totals</td><td colspan="3">{total_params:,} learned parameters</td></tr>')
     out.append("</tbody></table></body></html>")
     return "\n".join(out)
