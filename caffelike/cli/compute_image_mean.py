@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from caffelike.cli.progress import ProgressBar
 from caffelike.data.dbwriter import DatasetError
 from caffelike.format.files import atomic_write
 from caffelike.proto import caffe_pb2
@@ -38,27 +39,29 @@ def image_mean(source: str, where: str = "compute_image_mean") -> tuple[np.ndarr
 
     db = DatumDB(source, caffe_pb2.DataParameter.LMDB, where=where)  # refuses a missing, non-LMDB or empty DB
     total, count, shape = None, 0, None
-    try:
-        for key, value in db:
-            name = f"{source}: key {key.decode('utf-8', 'backslashreplace')!r}"
-            datum = parse_datum(value, name)
-            if count == 0 and datum.encoded:
-                log.info("Decoding Datum")
-            pixels = datum_pixels(datum, where=name)
-            if total is None:
-                shape = pixels.shape
-                total = np.zeros(shape, np.float32)
-                log.info("Starting iteration")
-            elif pixels.shape != shape:
-                raise DatasetError(f"{name}: the Datum is {_dims(pixels.shape)} (channels x height x width) but the "
-                                   f"first is {_dims(shape)}; a mean needs images of one size (resize them with "
-                                   "convert_imageset --resize_height/--resize_width)")
-            total += pixels  # float32 accumulation, element by element, as Caffe's sum_blob
-            count += 1
-            if count % LOG_EVERY == 0:
-                log.info("Processed %d files.", count)
-    finally:
-        db.close()
+    with ProgressBar("Averaging", total=db.entries, unit="img") as bar:
+        try:
+            for key, value in db:
+                name = f"{source}: key {key.decode('utf-8', 'backslashreplace')!r}"
+                datum = parse_datum(value, name)
+                if count == 0 and datum.encoded:
+                    log.info("Decoding Datum")
+                pixels = datum_pixels(datum, where=name)
+                if total is None:
+                    shape = pixels.shape
+                    total = np.zeros(shape, np.float32)
+                    log.info("Starting iteration")
+                elif pixels.shape != shape:
+                    raise DatasetError(f"{name}: the Datum is {_dims(pixels.shape)} (channels x height x width) "
+                                       f"but the first is {_dims(shape)}; a mean needs images of one size (resize "
+                                       "them with convert_imageset --resize_height/--resize_width)")
+                total += pixels  # float32 accumulation, element by element, as Caffe's sum_blob
+                count += 1
+                bar.update(1)
+                if count % LOG_EVERY == 0:
+                    log.info("Processed %d files.", count)
+        finally:
+            db.close()
     if count % LOG_EVERY:
         log.info("Processed %d files.", count)
     return total / np.float32(count), count

@@ -17,6 +17,7 @@ import logging
 import random
 from typing import NamedTuple
 
+from caffelike.cli.progress import ProgressBar
 from caffelike.data.dbwriter import COMMIT_EVERY, DatasetError, LmdbWriter, image_to_datum
 
 log = logging.getLogger("caffelike")
@@ -103,7 +104,7 @@ def run(args) -> int:
         log.warning("Only one of --resize_height and --resize_width is set: images are not resized (as in Caffe)")
 
     expected = None  # (channels, height, width) of the first image, for --check_size
-    with LmdbWriter(args.db_name) as db:
+    with LmdbWriter(args.db_name) as db, ProgressBar("Converting", total=len(entries), unit="img") as bar:
         for line_id, entry in enumerate(entries):
             where = f"{args.listfile} line {entry.lineno}"
             datum = image_to_datum(args.rootfolder + entry.path, entry.label, gray=args.gray,
@@ -118,6 +119,7 @@ def run(args) -> int:
                                        f"but the first image is {_dims(expected)} (--check_size)")
             key = f"{line_id:08d}_{entry.path}".encode("utf-8", "surrogateescape")
             db.put(key, datum)
+            bar.update(1)
             if db.count % COMMIT_EVERY == 0:
                 log.info("Processed %d files.", db.count)
         if db.count % COMMIT_EVERY:

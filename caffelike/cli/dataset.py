@@ -81,13 +81,15 @@ def source_of(args):
 
 
 def run(args) -> int:
+    from caffelike.cli.progress import ProgressBar
     from caffelike.digits.dataset import create_dataset
 
-    summary = create_dataset(
-        args.out, source_of(args), image_type=args.image_type, size=args.size, resize_mode=args.resize_mode,
-        val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
-        min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
-        overwrite=args.overwrite)
+    with ProgressBar("Creating dataset", unit="img") as bar:
+        summary = create_dataset(
+            args.out, source_of(args), image_type=args.image_type, size=args.size, resize_mode=args.resize_mode,
+            val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
+            min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
+            overwrite=args.overwrite, progress=bar.advance_to)
     counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
     print(f"{summary['path']}: {counts} images in {len(summary['labels'])} classes, "
           f"{summary['height']}x{summary['width']} {summary['image_type']}")

@@ -71,12 +71,14 @@ def prepare(out: str, max_iter: int) -> str:
 
 
 def train(args) -> int:
+    from caffelike.cli.progress import solver_bar
     from caffelike.digits.curves import write_curves
     from caffelike.train.solver import Solver
 
     solver_file = prepare(args.out, args.max_iter)
     solver = Solver(solver_file)
-    solver.solve()
+    with solver_bar(solver):
+        solver.solve()
     curves = f"{solver.param.snapshot_prefix}_curves.png"
     write_curves(solver, curves)
     accuracy = solver.history["test"]["accuracy"][-1][1]

@@ -1,12 +1,11 @@
-"""`caffelike train`: caffe train's flags and log, a progress line on a terminal, and training curves as a PNG
+"""`caffelike train`: caffe train's flags and log, a progress bar on a terminal, and training curves as a PNG
 at every snapshot and at the end."""
 from __future__ import annotations
 
 import logging
-import sys
-import time
 
 from caffelike.cli.common import add_python_path_flag, apply_python_path, stages_of
+from caffelike.cli.progress import solver_bar
 from caffelike.core import runtime
 from caffelike.digits.curves import write_curves
 from caffelike.errors import CaffeError
@@ -50,30 +49,6 @@ def select_device(gpu_flag: str, param: caffe_pb2.SolverParameter) -> None:
         runtime.set_mode_cpu()
 
 
-class Progress:
-    """A one-line progress display on an interactive terminal, cleared before every log line."""
-
-    def __init__(self, solver, stream=sys.stderr):
-        self.solver, self.stream, self.start = solver, stream, time.perf_counter()
-        self.shown = False
-
-    def draw(self, solver) -> None:
-        done, total = solver.iter, max(solver.param.max_iter, 1)
-        width = 30
-        filled = int(width * min(done, total) / total)
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                          f"loss {solver.smoothed_loss:.4g} {rate:.1f} it/s\033[K")
-        self.stream.flush()
-        self.shown = True
-
-    def filter(self, record) -> bool:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.shown = False
-        return True
-
-
 def run(args) -> int:
     from caffelike.train.solver import Solver
 
@@ -95,13 +70,7 @@ def run(args) -> int:
         solver.net.compile()
     curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
     solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
-    progress = None
-    if sys.stderr.isatty():
-        progress = Progress(solver)
-        solver.add_hook("on_update", progress.draw)
-        for handler in log.handlers:
-            handler.addFilter(progress)
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals:
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, solver_bar(solver):
         solver.requested_action = signals.requested_action
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
@@ -111,8 +80,5 @@ def run(args) -> int:
             solver.solve()
         finally:
             write_curves(solver, curves)
-            if progress is not None:
-                for handler in log.handlers:
-                    handler.removeFilter(progress)
     log.info("Optimization Done.")
     return 0

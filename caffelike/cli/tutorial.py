@@ -51,6 +51,7 @@ def working_directory(path: str):
 
 
 def build_dataset(args, out: str) -> dict:
+    from caffelike.cli.progress import ProgressBar
     from caffelike.digits.dataset import FolderSource, create_dataset, mnist_idx_source
 
     if args.mnist_idx:
@@ -59,10 +60,13 @@ def build_dataset(args, out: str) -> dict:
         source = FolderSource(args.folder)
     else:
         source = "bundled"
-    return create_dataset(out, source, seed=args.seed, max_per_class=args.max_per_class or None)
+    with ProgressBar("Creating dataset", unit="img") as bar:
+        return create_dataset(out, source, seed=args.seed, max_per_class=args.max_per_class or None,
+                              progress=bar.advance_to)
 
 
 def train_model(name: str, dataset: str, job: str, epochs: int, seed: int) -> dict:
+    from caffelike.cli.progress import solver_bar
     from caffelike.digits.curves import write_curves
     from caffelike.digits.model_files import write_model_files
     from caffelike.train.solver import Solver
@@ -74,7 +78,8 @@ def train_model(name: str, dataset: str, job: str, epochs: int, seed: int) -> di
     random.seed(seed)  # BlankSquare draws its squares from Python's random, as in DIGITS
     with working_directory(job):
         solver = Solver(info["files"]["solver"])
-        solver.solve()
+        with solver_bar(solver, f"Training {name}"):
+            solver.solve()
         write_curves(solver, "curves.png")
     accuracy = solver.history["test"].get("accuracy")
     if not accuracy:

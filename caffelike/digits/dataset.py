@@ -218,7 +218,7 @@ def mean_blob(mean: np.ndarray) -> caffe_pb2.BlobProto:
 def create_dataset(out: str, source="bundled", *, image_type: str | None = None, size=(28, 28),
                    resize_mode: str = "squash", val_percent: float = 25, test_percent: float = 0,
                    encoding: str = "png", seed: int = 0, min_per_class: int = 2, max_per_class: int | None = None,
-                   invert: bool | None = None, overwrite: bool = False) -> dict:
+                   invert: bool | None = None, overwrite: bool = False, progress=None) -> dict:
     """Build a DIGITS image-classification dataset folder at `out` and return its summary (also saved as
     `dataset.json`): labels.txt, train.txt, val.txt, train_db/, val_db/ (and test.txt, test_db/ with a test
     percentage), mean.binaryproto, mean.jpg.
@@ -230,6 +230,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     encoding: 'png', 'jpg' or 'none' (raw pixels).
     invert: store 255 - pixel; by default True for MNIST sources (DIGITS' downloader does it), False for folders.
     overwrite: replace an existing dataset at `out` (only once the new one is complete).
+    progress: called as progress(images_written, total) after each image (a progress bar, a web page's job).
     """
     src = _as_source(source)
     height, width = parse_size(size)
@@ -300,8 +301,15 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
                   **{f"{s}_list": f"{s}.txt" for s in splits}, **{f"{s}_db": f"{s}_db" for s in splits}},
     }
     noise = np.random.RandomState(seed)
+    written = [0]
+
+    def one_written() -> None:
+        written[0] += 1
+        if progress is not None:
+            progress(written[0], total)
+
     shape = dict(channels=channels, height=height, width=width, resize_mode=resize_mode, invert=invert,
-                 noise=noise)
+                 noise=noise, one_written=one_written)
     with _StagedFolder(out, overwrite) as tmp:
         _write_text(os.path.join(tmp, "labels.txt"), "".join(f"{n}\n" for n in labels))
         for split in splits:
@@ -326,7 +334,7 @@ def _where(src: Source) -> str:
 
 
 def _write_db(path, entries, src, encoding, *, compute_mean, channels, height, width, resize_mode, invert,
-              noise) -> np.ndarray | None:
+              noise, one_written) -> np.ndarray | None:
     from PIL import ImageOps
 
     mode = "L" if channels == 1 else "RGB"
@@ -344,6 +352,7 @@ def _write_db(path, entries, src, encoding, *, compute_mean, channels, height, w
             if image_sum is not None:
                 image_sum += pixels
             db.put(f"{position:08d}_{label}".encode(), _datum(pixels, label, encoding))
+            one_written()
             if db.count % LOG_EVERY == 0:
                 log.info("%s: processed %d/%d images", name, db.count, len(entries))
         if db.count % LOG_EVERY:
