@@ -1,7 +1,8 @@
 """caffelike: BVLC Caffe's files and habits on PyTorch.
 
 `import caffelike as caffe` gives pycaffe's names: Net, TRAIN, TEST, set_mode_cpu/gpu, set_device,
-set_random_seed, layer_type_list, the solvers, io, Classifier, NetSpec's layers/params/to_proto.
+set_random_seed, layer_type_list, the solvers, io, Classifier, NetSpec's layers/params/to_proto, coord_map,
+Timer, has_nccl/NCCL and the solver count/rank settings.
 
 The package face only: the rooms behind it are format/ (Caffe's files), core/ (blobs, fillers, run mode),
 data/ (Datum, LMDB, transformer, prefetch), caffelike.layers (the layer library), net/, train/, digits/ and cli/.
@@ -14,8 +15,12 @@ from caffelike import _source_tree
 _source_tree.install(_pathlib.Path(__file__).resolve().parent)  # before the first caffelike.proto import
 
 from caffelike import io  # noqa: E402  (pycaffe's caffe.io)
+from caffelike import coord_map  # noqa: E402  (pycaffe's caffe.coord_map)
 from caffelike.classifier import Classifier  # noqa: E402
 from caffelike.core.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402
+from caffelike.core.runtime import (  # noqa: E402
+    NCCL, Timer, has_nccl, set_multiprocess, set_solver_count, set_solver_rank, solver_count, solver_rank,
+)
 from caffelike.errors import CaffeError, LayerError, PrototxtError, WeightsError  # noqa: E402
 from caffelike.layers import layer_type_list  # noqa: E402
 from caffelike.layers.python_base import Layer, TorchLayer  # noqa: E402
@@ -35,5 +40,6 @@ __all__ = [
     "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu", "set_device",
     "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
     "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "get_solver",
+    "get_solver", "coord_map", "has_nccl", "NCCL", "Timer", "solver_count", "set_solver_count", "solver_rank",
+    "set_solver_rank", "set_multiprocess",
 ]

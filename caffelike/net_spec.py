@@ -189,9 +189,12 @@ class Function:
     def __init__(self, type_name: str, inputs, params: dict):
         for index, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                hint = " (a layer with ntop > 1 returns a tuple: pass one of its tops)" \
-                    if isinstance(inp, tuple) else ""
-                raise TypeError(f"L.{type_name}: bottom {index} is a {type(inp).__name__}, not a Top{hint}")
+                # pycaffe's wording, exactly (scripts and BVLC's test_net_spec match it); the hint is a note.
+                error = TypeError(f"{type_name} input {index} is not a Top (type is {type(inp)})")
+                if isinstance(inp, tuple) and hasattr(error, "add_note"):
+                    error.add_note(f"L.{type_name}: a layer with ntop > 1 returns a tuple of tops; pass one of "
+                                   "them, or unpack it (L.Silence(*tops, ntop=0))")
+                raise error
         self.type_name = type_name
         self.inputs = tuple(inputs)
         self.params = dict(params)

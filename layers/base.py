@@ -67,7 +67,10 @@ class Layer(nn.Module):
     a default loss_weight of 1 on top 0 and an automatic top when none is given); `backward_free` for layers
     that have no backward in Caffe (their tops carry no gradient); `forbids_in_place` for Split, Flatten,
     Reshape; `runs_eagerly` for layers whose forward is host-side Python work (reading or writing files, a
-    numpy Python layer), which `NetGraph.compile` leaves out of the compiled graph.
+    numpy Python layer), which `NetGraph.compile` leaves out of the compiled graph.  `no_gradient_to` names the
+    bottoms (index, negative from the end -> what they are) whose gradient Caffe's Backward refuses with a fatal
+    error, and `backward_not_implemented` marks layers whose Backward is NOT_IMPLEMENTED for every bottom: the
+    net refuses at build time to ask them for one.
     """
 
     type = ""
@@ -82,6 +85,8 @@ class Layer(nn.Module):
     backward_free = False
     forbids_in_place = False
     runs_eagerly = False
+    no_gradient_to: dict[int, str] = {}
+    backward_not_implemented = False
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int):
         super().__init__()
@@ -111,6 +116,15 @@ class Layer(nn.Module):
 
     def setup(self, bottom_shapes: list[tuple[int, ...]]) -> None:
         """Create `self.blobs` from the bottom shapes (Caffe's LayerSetUp).  Default: no blobs."""
+
+    def gradient_refusal(self, bottom_index: int, n_bottoms: int) -> str | None:
+        """Why Caffe's Backward aborts when asked for bottom `bottom_index`'s gradient (None when it does not)."""
+        if self.backward_not_implemented:
+            return f"{self.type} has no backward in Caffe (NOT_IMPLEMENTED)"
+        for j, what in self.no_gradient_to.items():
+            if bottom_index == (j if j >= 0 else n_bottoms + j):
+                return f"{self.type} cannot backpropagate to {what}"
+        return None
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         """False for bottoms that never get a gradient (labels, selectors), even under force_backward."""

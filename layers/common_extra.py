@@ -45,12 +45,17 @@ class MVN(Layer):
 
     Statistics per (n, c) over the remaining axes, or per n over all of C, H, W with across_channels; the
     variance is biased and eps is added to the standard deviation, not to the variance.
-    bottom: (N, C, ...), any shape.  top: same shape.  mvn_param honoured: normalize_variance, across_channels,
-    eps.  Backward as Caffe computes it (see _CaffeMVN).
-    Difference from Caffe: more than 4 axes are accepted (Caffe's legacy num()/channels() refuse them); a bottom
-    with one axis has one channel, as Caffe's legacy accessors say.
+    bottom: up to 4 axes (Caffe reads it through the legacy num/channels/height/width accessors, which refuse
+    more).  top: (num, channels, height, width) of the bottom, missing trailing axes read as 1, so a (2, 3, 4)
+    bottom gives a (2, 3, 4, 1) top and (N, C) gives (N, C, 1, 1).  mvn_param honoured: normalize_variance,
+    across_channels, eps.  Backward as Caffe computes it (see _CaffeMVN).
     """
     exact_bottoms = exact_tops = 1
+
+    def setup(self, bottom_shapes):
+        if len(bottom_shapes[0]) > 4:
+            self.fail(f"bottom has {len(bottom_shapes[0])} axes {shape_str(bottom_shapes[0])}; MVN reads it as "
+                      "num x channels x height x width, which allows at most 4")
 
     def forward(self, x):
         p = self.param.mvn_param
@@ -61,7 +66,7 @@ class MVN(Layer):
             y = _CaffeMVN.apply(flat, float(p.eps))
         else:
             y = flat - flat.mean(dim=1, keepdim=True)
-        return y.reshape(shape)
+        return y.reshape(tuple(shape) + (1,) * (4 - len(shape)))
 
 
 # --------------------------------------------------------------------------------------------------- Reduction
@@ -104,11 +109,13 @@ class ArgMax(Layer):
     max(3, bottom axes) axes, or (N, 2, top_k, ...) with out_max_val (channel 0 indices, channel 1 values).
     With axis: top = bottom shape with shape[axis] = top_k, holding the values if out_max_val, else the indices.
     Indices are floats in the bottom's dtype.  Ties go to the larger index (Caffe sorts (value, index) pairs with
-    std::greater).  argmax_param honoured: out_max_val, top_k, axis.  No backward in Caffe.
+    std::greater).  argmax_param honoured: out_max_val, top_k, axis.  No backward in Caffe (NOT_IMPLEMENTED): a
+    net that asks for the bottom's gradient is refused at build time.
     Difference from Caffe: NaN inputs order as torch's sort puts them (Caffe's comparison leaves that undefined).
     """
     exact_bottoms = exact_tops = 1
     backward_free = True
+    backward_not_implemented = True
 
     def _axis_and_dim(self, shape):
         p = self.param.argmax_param
@@ -192,13 +199,12 @@ class Embed(Layer):
     bottom: indices, any shape.  top: bottom.shape + (num_output,).
     blobs: W (input_dim, num_output) (torch.nn.Embedding's layout), b (num_output,) if bias_term.
     embed_param honoured: num_output, input_dim, bias_term, weight_filler, bias_filler.
-    Backward: W's gradient accumulates (scatter-add) over repeated indices; no gradient to the indices.
+    Backward: W's gradient accumulates (scatter-add) over repeated indices; a net that asks for the indices'
+    gradient (propagate_down, force_backward) is refused, as Caffe's Backward aborts.
     An index outside [0, input_dim) is an error (Caffe only checks it in debug builds).
     """
     exact_bottoms = exact_tops = 1
-
-    def allow_force_backward(self, bottom_index):
-        return False
+    no_gradient_to = {0: "its integer indices"}
 
     def setup(self, bottom_shapes):
         p = self.param.embed_param
@@ -224,7 +230,7 @@ class Filter(Layer):
     bottoms: K blobs to filter (any shapes, same N) and the selector (N, 1, 1, ...).  tops: K blobs,
     (number selected,) + bottom.shape[1:].  At net setup the top shapes use the full N, as Caffe's first
     Reshape does; forward returns the selected items only.  No parameters.
-    Backward: the selected items' gradients, 0 for the others; no gradient to the selector.
+    Backward: the selected items' gradients, 0 for the others; asking for the selector's gradient is refused.
     """
     min_bottoms = 2
     min_tops = 1
@@ -234,8 +240,7 @@ class Filter(Layer):
         if n_top != n_bottom - 1:
             self.fail(f"needs one top per filtered bottom (bottoms - 1 = {n_bottom - 1}), got {n_top} tops")
 
-    def allow_force_backward(self, bottom_index):
-        return bottom_index < self.n_bottoms - 1
+    no_gradient_to = {-1: "its selector (last) input"}
 
     def _check(self, shapes):
         selector = shapes[-1]
@@ -267,13 +272,12 @@ class BatchReindex(Layer):
     """y[i] = x[int(idx[i])]: gather along axis 0.
 
     bottoms: x (N, ...), idx (M,) integer-valued floats in [0, N).  top: (M,) + x.shape[1:].  No parameters.
-    Backward: scatter-add into x (an item picked twice gets both gradients); no gradient to idx.
+    Backward: scatter-add into x (an item picked twice gets both gradients); asking for idx's gradient is refused.
     """
     exact_bottoms = 2
     exact_tops = 1
 
-    def allow_force_backward(self, bottom_index):
-        return bottom_index == 0
+    no_gradient_to = {1: "its index input"}
 
     def setup(self, bottom_shapes):
         if len(bottom_shapes[1]) != 1:
@@ -365,8 +369,8 @@ class SPP(Layer):
     using the Pooling layer itself; each level is flattened to (N, C * bins) and the levels are concatenated
     along axis 1, level 0 first.  With pyramid_height 1 the top is the 4-D pooling output (N, C, 1, 1).
 
-    bottom: (N, C, H, W).  spp_param honoured: pyramid_height, pool (MAX, AVE; STOCHASTIC is refused as by
-    Pooling); engine is ignored.  Backward: that of the pooling levels.  A level whose pad would reach its kernel
+    bottom: (N, C, H, W).  spp_param honoured: pyramid_height, pool (MAX, AVE, STOCHASTIC; a STOCHASTIC level
+    that needs padding is refused as by Pooling); engine is ignored.  Backward: that of the pooling levels.  A level whose pad would reach its kernel
     (tiny maps) fails as Pooling's setup check does in Caffe.
     """
     exact_bottoms = exact_tops = 1

@@ -68,6 +68,7 @@ class Accuracy(Layer):
     min_tops = 1
     max_tops = 2
     backward_free = True
+    backward_not_implemented = True  # asked only through propagate_down: force_backward skips it (below)
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return False
@@ -127,6 +128,17 @@ class _SoftmaxLoss(torch.autograd.Function):
         return grad * (dloss / normalizer), None, None, None
 
 
+def refuse_inner_softmax_loss_weights(layer: Layer) -> None:
+    """SoftmaxWithLoss and InfogainLoss build their inner Softmax from a copy of their own LayerParameter, and that
+    Softmax, with its one top, then checks the copied loss_weight values: more than one aborts Caffe.  With a
+    second (probability) top, one value fails the outer layer's check instead, so Caffe can build neither."""
+    n = len(layer.param.loss_weight)
+    if n > 1:
+        layer.fail(f"loss_weight is given {n} times, but Caffe builds this layer's inner Softmax (one top) from the "
+                   "same parameters and refuses more than one loss_weight there; Caffe cannot build this layer "
+                   "with a probability top at all: add a separate Softmax layer for the probabilities")
+
+
 @register("SoftmaxWithLoss")
 class SoftmaxWithLoss(Layer):
     """Multinomial logistic loss of the softmax of the scores.
@@ -143,6 +155,10 @@ class SoftmaxWithLoss(Layer):
     min_tops = 1
     max_tops = 2
     is_loss = True
+    no_gradient_to = {1: "its label input"}
+
+    def setup(self, bottom_shapes):
+        refuse_inner_softmax_loss_weights(self)
 
     def normalization(self) -> int:
         normalize = self.optional("loss_param.normalize")

@@ -18,7 +18,7 @@ from caffelike.proto import caffe_pb2
 from caffelike.format.blobproto import blobproto_to_array
 
 from .base import Layer, count, is_meta, register, shape_str
-from .loss import _NORM, _check_batch, _labels, _split_at_axis
+from .loss import _NORM, _check_batch, _labels, _split_at_axis, refuse_inner_softmax_loss_weights
 
 # Caffe's kLOG_THRESHOLD is a float constant, so a double net clamps at float32(1e-20) too.
 _LOG_THRESHOLD = float(np.float32(1e-20))
@@ -78,6 +78,7 @@ class SigmoidCrossEntropyLoss(Layer):
     exact_bottoms = 2
     exact_tops = 1
     is_loss = True
+    no_gradient_to = {1: "its target input"}
 
     def normalization(self) -> int:
         normalization = self.optional("loss_param.normalization")
@@ -143,6 +144,7 @@ class HingeLoss(Layer):
     exact_bottoms = 2
     exact_tops = 1
     is_loss = True
+    no_gradient_to = {1: "its label input"}
 
     def forward(self, x, label):
         _check_batch(self, x, label)
@@ -264,7 +266,8 @@ class InfogainLoss(Layer):
     bottom 0: scores, C classes along infogain_loss_param.axis.  bottom 1: outer·inner integer labels.
     bottom 2 (optional): H, any shape with C² values (row = true label); otherwise H is read at setup from the
     BlobProto file infogain_loss_param.source (relative to the working directory).  Neither labels nor H get
-    a gradient, also under force_backward.
+    a gradient: asking for one (propagate_down, or force_backward reaching H) is refused as Caffe's Backward
+    aborts.
     top 0: 0-axis loss.  top 1 (optional): p, shaped like bottom 0, without gradient.
     loss_param: ignore_label, normalization (default VALID).  Setting the deprecated normalize is an error,
     as in Caffe.
@@ -279,10 +282,10 @@ class InfogainLoss(Layer):
         super().__init__(param, phase)
         self.register_buffer("infogain", None, persistent=False)
 
-    def allow_force_backward(self, bottom_index: int) -> bool:
-        return bottom_index == 0
+    no_gradient_to = {1: "its label input", 2: "its infogain matrix H"}
 
     def setup(self, bottom_shapes):
+        refuse_inner_softmax_loss_weights(self)
         if self.param.loss_param.HasField("normalize"):
             self.fail('loss_param.normalize is deprecated and not accepted by InfogainLoss; use "normalization"')
         if len(bottom_shapes) >= 3:
@@ -361,6 +364,7 @@ class MultinomialLogisticLoss(Layer):
     exact_bottoms = 2
     exact_tops = 1
     is_loss = True
+    no_gradient_to = {1: "its label input"}
 
     def forward(self, p, label):
         _check_batch(self, p, label)

@@ -17,7 +17,9 @@ from .neuron import NeuronLayer
 
 @register("AbsVal")
 class AbsVal(NeuronLayer):
-    """y = |x|.  bottom: any shape.  top: same shape.  Backward: dy * sign(x), 0 at x == 0 as in Caffe."""
+    """y = |x|.  bottom: any shape.  top: same shape.  Backward: dy * sign(x), 0 at x == 0 as in Caffe.
+    Not in place: Caffe's LayerSetUp refuses top == bottom (its backward reads the bottom's data)."""
+    forbids_in_place = True
 
     def forward(self, x):
         return x.abs()
@@ -96,9 +98,11 @@ class Threshold(NeuronLayer):
     """y = 1 if x > threshold else 0 (strictly greater).
 
     bottom: any shape.  top: same shape, in the bottom's dtype.  Honours threshold_param.threshold.
-    No backward in Caffe (its Backward is NOT_IMPLEMENTED), so the top carries no gradient.
+    No backward in Caffe (its Backward is NOT_IMPLEMENTED): the top carries no gradient, and a net that asks for
+    the bottom's gradient (a learnable layer below, propagate_down or force_backward) is refused at build time.
     """
     backward_free = True
+    backward_not_implemented = True
 
     def forward(self, x):
         return (x > self.param.threshold_param.threshold).to(x.dtype)

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from caffelike.proto import caffe_pb2
 
-from .base import Layer, count, register, shape_str, spatial_values
+from .base import Layer, count, is_meta, register, shape_str, spatial_values
 
 _POOL = caffe_pb2.PoolingParameter
 _LRN = caffe_pb2.LRNParameter
 # Caffe starts every MAX window at -FLT_MAX, for float and double blobs alike.
 _FLT_MAX = float(torch.finfo(torch.float32).max)
+# Caffe's STOCHASTIC TEST pass starts its running sum at FLT_MIN, so an all-zero window gives 0, not 0 / 0.
+_FLT_MIN = float(torch.finfo(torch.float32).tiny)
 
 
 def _bottom_name(layer: Layer, i: int) -> str:
@@ -207,7 +209,7 @@ def _torch_pools_alike(size: int, kernel: int, pad: int, stride: int, ceil: bool
 
 @register("Pooling")
 class Pooling(Layer):
-    """Max or average over kernel_h x kernel_w windows that start every stride pixels at -pad.
+    """Max, average or stochastic pooling over kernel_h x kernel_w windows that start every stride pixels at -pad.
 
     MAX: y = max over the window clipped to the image (padding never wins: every window starts at -FLT_MAX and a
         value must be strictly greater to replace it, so the first maximum in row-major order wins, and a window
@@ -215,17 +217,27 @@ class Pooling(Layer):
     AVE: y = sum over the window clipped to the image / ((hend - hstart) (wend - wstart)) with
         hend = min(hstart + kernel_h, H + pad_h): padding counts in the divisor, the part of a ceil-mode window
         beyond H + pad does not.
+    STOCHASTIC (Caffe's GPU kernels; no padding): the window starts at i * stride and is clipped to the image.
+        TRAIN: one uniform u in [0, 1) per window; y is the first element, in row-major order, at which the
+        running sum of the window reaches u * (window sum), i.e. an element drawn with probability value / sum
+        for non-negative inputs; backward routes dy to that element only.  TEST: y = sum(x^2) / (FLT_MIN + sum(x)),
+        with its exact gradient.  The draws come from torch's generator on the bottom's device (seed it with
+        caffelike.set_random_seed or torch.manual_seed), as Dropout's do, so they cannot match Caffe's cuRAND
+        draws one for one.
     Output: pooled = ceil((H + 2 pad - k) / stride) + 1 (floor with round_mode FLOOR), then, only when pad_h or
         pad_w is non-zero, one less on an axis where the last window would start at or beyond H + pad.
 
     bottom: (N, C, H, W).  top: (N, C, pooled_h, pooled_w); for MAX an optional second top holds the argmax
         as float flat index h * W + w within the channel (it carries no gradient).
-    pooling_param honoured: pool (MAX, AVE), kernel_size | kernel_h/kernel_w, pad | pad_h/pad_w,
-        stride | stride_h/stride_w, global_pooling (kernel = (H, W) at every forward), round_mode.  engine is
-        accepted and ignored.
-    Differences from Caffe: STOCHASTIC raises (BVLC has no CPU implementation either); stride 0 and an empty
-        output are rejected; a NaN in a MAX window propagates (Caffe's `>` skips it); with one top, a MAX window
-        whose values are all -inf gives -inf where Caffe gives -FLT_MAX.
+    pooling_param honoured: pool (MAX, AVE, STOCHASTIC), kernel_size | kernel_h/kernel_w, pad | pad_h/pad_w
+        (MAX and AVE only, as in Caffe), stride | stride_h/stride_w, global_pooling (kernel = (H, W) at every
+        forward), round_mode.  engine is accepted and ignored.
+    Differences from Caffe: STOCHASTIC runs on CPU too (Caffe's CPU path is NOT_IMPLEMENTED); its TEST backward
+        is the true gradient (Caffe's routes by sample indices that its TEST pass never writes); a TRAIN window
+        that no element reaches (a negative sum) or that lies wholly beyond the image gives 0 and no gradient
+        (Caffe leaves that top unwritten).  Stride 0 and an empty output are rejected; a NaN in a MAX window
+        propagates (Caffe's `>` skips it); with one top, a MAX window whose values are all -inf gives -inf where
+        Caffe gives -FLT_MAX.
     """
 
     exact_bottoms = 1
@@ -253,10 +265,10 @@ class Pooling(Layer):
     def setup(self, bottom_shapes):
         pp = self.param.pooling_param
         _need_4d(self, bottom_shapes[0])
-        if pp.pool == _POOL.STOCHASTIC:
-            self.fail("pool: STOCHASTIC is not implemented (BVLC Caffe has no CPU implementation either; its GPU "
-                      "version samples by value in TRAIN and computes sum(x^2)/sum(x) in TEST)")
         self.pad = self._pair(pp, "pad", "pad")
+        if self.pad != (0, 0) and pp.pool == _POOL.STOCHASTIC:
+            self.fail(f"padding is implemented only for MAX and AVE pooling, got pad {list(self.pad)} with "
+                      f"pool: STOCHASTIC")
         self.stride = self._pair(pp, "stride", "stride")
         if pp.global_pooling:
             if pp.HasField("kernel_size") or pp.HasField("kernel_h") or pp.HasField("kernel_w"):
@@ -291,6 +303,8 @@ class Pooling(Layer):
         if oh < 1 or ow < 1:
             self.fail(f"pooled output ({oh}, {ow}) is empty for a {height}x{width} bottom with kernel ({kh}, {kw}), "
                       f"stride ({sh}, {sw}), pad ({ph}, {pw})")
+        if pp.pool == _POOL.STOCHASTIC:
+            return self._stochastic(x, oh, ow, (kh, kw), (sh, sw))
         # Pad so that the windows tile the padded map exactly: -pad before, and after up to the end of the last
         # window (negative: rows no window reaches are trimmed).  torch then needs no padding and no ceil rule of
         # its own, whose limits (pad <= kernel/2) and degenerate cases differ from Caffe's.
@@ -323,6 +337,27 @@ class Pooling(Layer):
         flat = (index // padded_width - ph) * width + (index % padded_width - pw)
         mask = torch.where(empty, torch.full_like(flat, -1), flat).to(x.dtype)
         return y, mask
+
+    def _stochastic(self, x, oh, ow, kernel, stride):
+        (kh, kw), (sh, sw) = kernel, stride
+        # Zeros fill the part of a ceil-mode window beyond the image; they add nothing to either sum.
+        spec = (0, (ow - 1) * sw + kw - int(x.shape[3]), 0, (oh - 1) * sh + kh - int(x.shape[2]))
+        windows = F.pad(x, spec).unfold(2, kh, sh).unfold(3, kw, sw).flatten(4)  # (N, C, oh, ow, kh * kw)
+        if self.phase != caffe_pb2.TRAIN:
+            return (windows * windows).sum(-1) / (windows.sum(-1) + _FLT_MIN)
+        if is_meta(x):
+            return windows[..., 0]
+        running = windows.detach().cumsum(-1)
+        # The threshold scales the running sum's own last value, not a separately reduced sum that may round
+        # higher: with non-negative values the walk then always stops inside the window, as Caffe's does.
+        threshold = torch.rand(running.shape[:-1] + (1,), dtype=x.dtype, device=x.device) * running[..., -1:]
+        # A padding zero leaves the running sum where the element before it had it, so it is never the first to
+        # reach the threshold, except in a window wholly beyond the image, which thus yields 0 and no gradient.
+        size = kh * kw
+        order = torch.arange(size, device=x.device)
+        first = torch.where(running >= threshold, order, size).amin(-1, keepdim=True)
+        picked = windows.gather(-1, first.clamp(max=size - 1)).squeeze(-1)
+        return torch.where(first.squeeze(-1) < size, picked, torch.zeros_like(picked))
 
     def _ave_divisor(self, x, oh, ow, height, width, kernel) -> torch.Tensor:
         """Caffe's pool_size per window, taken before clipping to the image (so it may count padding)."""

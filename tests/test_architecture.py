@@ -65,3 +65,15 @@ def test_import_contracts_hold(tmp_path):
 def test_every_room_says_what_it_holds(room):
     doc = (ROOT / "caffelike" / room / "__init__.py").read_text()
     assert doc.startswith('"""') and len(doc.split('"""')[1]) > 80
+
+
+def test_every_package_of_the_tree_is_installed():
+    """A regular `pip install .` ships only the packages pyproject.toml lists: a new room must be listed."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    on_disk = {"caffelike." + ".".join(p.parent.relative_to(ROOT / "caffelike").parts) if p.parent != ROOT / "caffelike"
+               else "caffelike" for p in (ROOT / "caffelike").rglob("__init__.py")}
+    on_disk |= {f"caffelike.{name}" for name in config["package-dir"] if name != "caffelike"
+                for name in [name.split(".", 1)[1]]}
+    assert on_disk <= listed, f"missing from [tool.setuptools] packages: {sorted(on_disk - listed)}"

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # bench/ is not installed: it is imported from the checkout
 
-from bench import handwritten, opencv_dnn, zoo_nets  # noqa: E402
+from bench import handwritten, opencv_dnn, zoo_nets  # bench/ is not installed: pytest puts the root on sys.path
 
 
 @pytest.fixture(scope="module")

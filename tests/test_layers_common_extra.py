@@ -79,7 +79,25 @@ def test_mvn_matches_numpy_reference(text, kwargs):
 def test_mvn_eps_is_added_to_the_std_not_the_variance():
     x = np.array([[[1.0, 3.0]]], np.float32)  # mean 2, std 1
     y = forward(make_layer('type: "MVN" mvn_param { eps: 1 }', [x.shape]), x)
-    assert_blob_close(y, np.array([[[-0.5, 0.5]]], np.float32), name="y")
+    assert_blob_close(y, np.array([[[[-0.5], [0.5]]]], np.float32), name="y")
+
+
+@pytest.mark.parametrize("shape,top", [
+    ((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 3, 4), (2, 3, 4, 1)), ((5, 3), (5, 3, 1, 1)), ((6,), (6, 1, 1, 1)),
+], ids=["4d", "3d", "2d", "1d"])
+def test_mvn_top_is_the_legacy_num_channels_height_width(shape, top):
+    """Caffe reshapes MVN's top from the bottom's num(), channels(), height(), width()."""
+    x = rand(shape, seed=22)
+    layer = make_layer('type: "MVN"', [shape])
+    y = forward(layer, x)
+    assert tuple(y.shape) == top
+    legacy = x.reshape(top)
+    assert_blob_close(y, np_mvn(legacy.astype(np.float64)).astype(np.float32), rtol=1e-5, atol=1e-6, name="y")
+
+
+def test_mvn_refuses_more_than_four_axes():
+    with pytest.raises(LayerError, match=r'MVN layer .*5 axes \(1, 2, 3, 4, 5\).*at most 4'):
+        make_layer('type: "MVN"', [(1, 2, 3, 4, 5)])
 
 
 def test_mvn_backward_is_caffes_and_finite_on_a_constant_map():
@@ -87,7 +105,7 @@ def test_mvn_backward_is_caffes_and_finite_on_a_constant_map():
     layer = make_layer('type: "MVN" mvn_param { eps: 0.5 }', [(1, 1, 3)])
     x = torch.full((1, 1, 3), 2.0, dtype=torch.float64, requires_grad=True)
     dy = torch.tensor([[[1.0, 2.0, 6.0]]], dtype=torch.float64)
-    layer.double()(x).backward(dy)
+    layer.double()(x).backward(dy.reshape(1, 1, 3, 1))  # the top is (num, channels, height, width)
     assert_blob_close(x.grad, ((dy - 3.0) / 0.5).numpy(), rtol=1e-12, name="dx")
 
 
@@ -183,7 +201,8 @@ def test_embed_without_bias_and_weight_gradient_accumulates():
     expected[1] = dy[0] + dy[2]
     expected[3] = dy[1]
     assert_blob_close(layer.blobs[0].grad, expected, name="W diff")
-    assert not layer.allow_force_backward(0)
+    # force_backward reaches the indices as in Caffe, and asking for their gradient is refused
+    assert layer.allow_force_backward(0) and "indices" in layer.gradient_refusal(0, 1)
 
 
 @pytest.mark.parametrize("bad", [5.0, -1.0])
@@ -210,7 +229,7 @@ def test_filter_backward_zeroes_unselected_items_and_skips_the_selector():
     layer = make_layer('type: "Filter"', [(3, 2), (3,)])
     layer(x, sel).backward(torch.ones(2, 2))
     assert_blob_close(x.grad, np.array([[1, 1], [0, 0], [1, 1]], np.float32), name="x diff")
-    assert layer.allow_force_backward(0) and not layer.allow_force_backward(1)
+    assert layer.gradient_refusal(0, 2) is None and "selector" in layer.gradient_refusal(1, 2)
 
 
 def test_filter_selecting_nothing_gives_an_empty_top():
@@ -242,7 +261,7 @@ def test_batchreindex_gathers_and_scatter_adds():
     assert_blob_close(y, x.detach().numpy()[[2, 0, 2, 2]], name="y")
     y.backward(torch.ones(4, 2))
     assert_blob_close(x.grad, np.array([[1, 1], [0, 0], [3, 3]], np.float32), name="x diff")
-    assert layer.allow_force_backward(0) and not layer.allow_force_backward(1)
+    assert layer.gradient_refusal(0, 2) is None and "index" in layer.gradient_refusal(1, 2)
 
 
 def test_batchreindex_errors():
@@ -370,7 +389,9 @@ def test_spp_follows_a_new_bottom_size():
 @pytest.mark.parametrize("shape,text,message", [
     ((2, 3, 4), "pyramid_height: 2", r"bottom must have 4 axes \(N, C, H, W\), got shape \(2, 3, 4\)"),
     ((1, 1, 5, 5), "pyramid_height: 3", r'Pooling layer "spp level 2": pad_h 2 must be smaller than kernel_h 2'),
-    ((1, 1, 4, 4), "pyramid_height: 2 pool: STOCHASTIC", r"STOCHASTIC is not implemented"),
+    ((1, 1, 5, 5), "pyramid_height: 2 pool: STOCHASTIC",
+     r'Pooling layer "spp level 1": padding is implemented only for MAX and AVE pooling, got pad \[1, 1\] with '
+     r"pool: STOCHASTIC"),
 ], ids=["3_axes", "map_too_small", "stochastic"])
 def test_spp_errors(shape, text, message):
     with pytest.raises(LayerError, match=message):

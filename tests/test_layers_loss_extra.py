@@ -273,7 +273,8 @@ def test_infogain_reads_h_relative_to_the_working_directory(tmp_path, monkeypatc
     want_loss, want_grad, _ = np_infogain(x, label, h.astype(np.float32).astype(np.float64))
     assert_blob_close(loss, np.array(want_loss), rtol=1e-13)
     assert_blob_close(grad, 3.0 * want_grad, rtol=1e-12)
-    assert not layer.allow_force_backward(1) and not layer.allow_force_backward(2)
+    assert not layer.allow_force_backward(1) and layer.allow_force_backward(2)  # Caffe's LossLayer rule
+    assert "label" in layer.gradient_refusal(1, 3) and "infogain" in layer.gradient_refusal(2, 3)
 
 
 def test_infogain_gradient_ignores_the_clamp():

@@ -1,6 +1,7 @@
 """Pooling against Caffe's loops (pooling_layer.cpp) written in NumPy: MAX and AVE with padding, ceil/floor
 rounding and the pad clip, torch's own pooling path and the explicitly padded one, the mask top, global pooling,
-gradients and errors."""
+gradients and errors; STOCHASTIC against the loops of Caffe's GPU kernels (pooling_layer.cu), its sampling
+statistics and gradient routing, and a net that uses it."""
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,13 @@ from caffelike.layers.vision import pooled_size
 from helpers import assert_blob_close, check_gradient, make_layer
 from test_layers_vision import FLT_MAX, one_thread, pool_text, rng, run  # noqa: F401 (one_thread: an autouse fixture)
 
+import caffelike as caffe
 from caffelike.errors import LayerError
+from caffelike.format.prototxt import parse_net
+from caffelike.proto import caffe_pb2
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+set_random_seed = caffe.set_random_seed
 
 
 def np_pool(x, method, kernel, stride, pad, ceil=True):
@@ -156,7 +163,10 @@ def test_pooling_gradient(name):
 
 
 POOL_ERRORS = [
-    ("stochastic", "pool: STOCHASTIC kernel_size: 2", (1, 1, 4, 4), "STOCHASTIC is not implemented"),
+    ("stochastic_pad", "pool: STOCHASTIC kernel_size: 3 pad: 1", (1, 1, 4, 4),
+     r"padding is implemented only for MAX and AVE pooling, got pad \[1, 1\] with pool: STOCHASTIC"),
+    ("stochastic_pad_w", "pool: STOCHASTIC kernel_size: 3 pad_h: 0 pad_w: 2", (1, 1, 4, 4),
+     r"padding is implemented only for MAX and AVE pooling, got pad \[0, 2\] with pool: STOCHASTIC"),
     ("three_axes", "kernel_size: 2", (1, 4, 4), r'bottom "x" has 3 axes, Pooling needs 4 \(N, C, H, W\)'),
     ("no_kernel", "stride: 2", (1, 1, 4, 4), "kernel_size, or both kernel_h and kernel_w, must be given"),
     ("kernel_both_spellings", "kernel_size: 2 kernel_h: 2 kernel_w: 2", (1, 1, 4, 4),
@@ -196,3 +206,252 @@ def test_pooling_errors_of_tops_and_shapes():
         layer(torch.zeros(1, 1, 1, 4, 4))
 
 
+
+
+# ======================================================================================================= STOCHASTIC
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def np_stochastic(x, kernel, stride, ceil=True, uniforms=None):
+    """The loops of Caffe's StoPoolForwardTest (uniforms None) or StoPoolForwardTrain (one uniform per window):
+    windows start at i * stride and are clipped to the bottom.  TRAIN returns the top and the chosen flat index
+    h * W + w per window (-1 where the walk never reaches the threshold)."""
+    _, _, height, width = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    rounding = math.ceil if ceil else math.floor
+    oh = int(rounding((height - kh) / sh)) + 1
+    ow = int(rounding((width - kw) / sw)) + 1
+    y = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
+    chosen = np.full(y.shape, -1)
+    for n, c, i, j in itertools.product(*(range(d) for d in y.shape)):
+        rows, cols = range(i * sh, min(i * sh + kh, height)), range(j * sw, min(j * sw + kw, width))
+        cells = list(itertools.product(rows, cols))
+        if uniforms is None:
+            total, squares = x.dtype.type(FLT_MIN), x.dtype.type(0)
+            for h, w in cells:
+                total += x[n, c, h, w]
+                squares += x[n, c, h, w] * x[n, c, h, w]
+            y[n, c, i, j] = squares / total
+            continue
+        total = x.dtype.type(0)
+        for h, w in cells:
+            total += x[n, c, h, w]
+        threshold = uniforms[n, c, i, j] * total
+        running = x.dtype.type(0)
+        for h, w in cells:
+            running += x[n, c, h, w]
+            if running >= threshold:
+                y[n, c, i, j], chosen[n, c, i, j] = x[n, c, h, w], h * width + w
+                break
+    return y, chosen
+
+
+def np_windows(x, kernel, stride, pooled):
+    """Each window's values (clipped to the bottom) as a list per (n, c, i, j)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    return {(n, c, i, j): x[n, c, i * sh:i * sh + kh, j * sw:j * sw + kw].ravel()
+            for n, c, i, j in itertools.product(*(range(d) for d in x.shape[:2] + pooled))}
+
+
+STOCHASTIC_CASES = {
+    # id: (fields, bottom H, W, kernel, stride, ceil, expected pooled (h, w))
+    "k3_s2_ceil_partial_border": ("kernel_size: 3 stride: 2", 6, 7, (3, 3), (2, 2), True, (3, 3)),
+    "k2_s2_partial_border": ("kernel_size: 2 stride: 2", 5, 5, (2, 2), (2, 2), True, (3, 3)),
+    "k3_s1_overlapping": ("kernel_size: 3", 4, 5, (3, 3), (1, 1), True, (2, 3)),
+    "hw_spellings": ("kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2", 5, 8, (2, 3), (1, 2), True, (4, 4)),
+    "floor_drops_partial": ("kernel_size: 3 stride: 2 round_mode: FLOOR", 6, 7, (3, 3), (2, 2), False, (2, 3)),
+    "kernel_wider_than_input": ("kernel_size: 5 stride: 3", 3, 4, (5, 5), (3, 3), True, (1, 1)),
+    # kernel < stride: Caffe's ceil keeps a last window that starts past the edge and holds nothing.
+    "window_beyond_edge": ("kernel_size: 1 stride: 3", 5, 4, (1, 1), (3, 3), True, (3, 2)),
+}
+
+
+def stochastic_layer(fields, shape, phase):
+    return make_layer(pool_text("pool: STOCHASTIC " + fields), [shape], phase)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", list(STOCHASTIC_CASES))
+def test_stochastic_test_phase_matches_caffe_kernel(name, dtype):
+    """TEST: sum(x^2) / (FLT_MIN + sum(x)) over each window, an empty window beyond the edge giving 0."""
+    fields, height, width, kernel, stride, ceil, pooled = STOCHASTIC_CASES[name]
+    shape = (2, 3, height, width)
+    layer = stochastic_layer(fields, shape, TEST)
+    x = rng(20).uniform(0.0, 2.0, shape).astype(dtype)
+    x[0, 0] = 0.0  # all-zero windows: 0, not 0 / 0
+    expected, _ = np_stochastic(x, kernel, stride, ceil)
+    assert expected.shape[2:] == pooled
+    (got,) = run(layer, x)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert_blob_close(got, expected, rtol=tol, atol=tol)
+    assert not got[0, 0].any()
+    assert layer.infer_top_shapes([shape])[0] == (2, 3) + pooled
+
+
+@pytest.mark.parametrize("name", ["k3_s2_ceil_partial_border", "k3_s1_overlapping", "hw_spellings"])
+def test_stochastic_test_phase_gradient(name):
+    fields, height, width, *_ = STOCHASTIC_CASES[name]
+    shape = (2, 2, height, width)
+    x = rng(21).uniform(0.5, 2.0, shape)  # window sums well away from 0
+    check_gradient(stochastic_layer(fields, shape, TEST), [x])
+
+
+@pytest.mark.parametrize("name", list(STOCHASTIC_CASES))
+def test_stochastic_train_phase_is_caffe_walk_over_the_same_uniforms(name):
+    """TRAIN draws one uniform per window (torch.rand of the top's shape, from the global generator); given the
+    same uniforms, Caffe's running-sum walk picks the same elements, and the diff goes one-hot to them."""
+    fields, height, width, kernel, stride, ceil, pooled = STOCHASTIC_CASES[name]
+    shape = (2, 3, height, width)
+    layer = stochastic_layer(fields, shape, TRAIN)
+    x = rng(22).uniform(0.0, 2.0, shape)
+    x[1, 1, :, ::2] = 0.0  # zeros inside windows are never picked while the threshold is positive
+    xt = torch.as_tensor(x).requires_grad_()
+    torch.manual_seed(5)
+    got = layer(xt)
+    torch.manual_seed(5)
+    uniforms = torch.rand((2, 3) + pooled, dtype=torch.float64).numpy()
+    expected, chosen = np_stochastic(x, kernel, stride, ceil, uniforms)
+    assert_blob_close(got, expected)
+    for key, values in np_windows(x, kernel, stride, pooled).items():
+        if values.size == 0:  # the window beyond the edge: 0, as Caffe's TEST pass gives there
+            assert got[key].item() == 0.0 and chosen[key] == -1
+        else:
+            assert got[key].item() in values.tolist() and chosen[key] >= 0, key
+    dy = rng(29).standard_normal(got.shape)
+    got.backward(torch.as_tensor(dy))
+    routed = np.zeros(shape)
+    for key in itertools.product(*(range(d) for d in chosen.shape)):
+        if chosen[key] >= 0:
+            routed[key[0], key[1]].ravel()[chosen[key]] += dy[key]
+    assert_blob_close(xt.grad, routed, rtol=1e-12, atol=1e-12)
+
+
+def test_stochastic_train_phase_is_reproducible_with_a_seed():
+    fields, height, width, *_ = STOCHASTIC_CASES["k3_s1_overlapping"]
+    shape = (4, 3, height, width)
+    layer = stochastic_layer(fields, shape, TRAIN)
+    x = rng(23).uniform(0.0, 1.0, shape).astype(np.float32)
+    draws = []
+    for seed in (11, 11, 12):
+        set_random_seed(seed)
+        draws.append(run(layer, x)[0])
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
+    # The shape pass (meta tensors) draws nothing.
+    state = torch.get_rng_state()
+    layer.infer_top_shapes([shape])
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_stochastic_train_sampling_frequencies_follow_values():
+    """20000 draws of one 2x3 window holding 0..5: element k comes out with probability k / 15, 0 never."""
+    draws = 20000
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x = np.broadcast_to(values, (1, draws, 2, 3)).copy()
+    layer = stochastic_layer("kernel_h: 2 kernel_w: 3", x.shape, TRAIN)
+    torch.manual_seed(1234)
+    (y,) = run(layer, x)
+    counts = np.bincount(y.numpy().ravel().astype(int), minlength=6)
+    assert counts.sum() == draws and counts[0] == 0
+    # Binomial standard deviations are at most 0.0035 here; 0.015 is more than four of them.
+    np.testing.assert_allclose(counts / draws, np.arange(6) / 15, atol=0.015)
+
+
+def test_stochastic_train_backward_routes_to_the_sampled_elements():
+    """Distinct values identify the element each window picked; the bottom diff is the top diff routed there
+    (summed where overlapping windows pick the same element) and zero elsewhere."""
+    shape, kernel, stride, pooled = (2, 2, 7, 6), (3, 3), (2, 2), (3, 3)  # overlapping, partial border windows
+    layer = stochastic_layer("kernel_size: 3 stride: 2", shape, TRAIN)
+    x = torch.as_tensor((rng(24).permutation(math.prod(shape)) + 1.0).reshape(shape)).requires_grad_()
+    torch.manual_seed(3)
+    y = layer(x)
+    dy = torch.as_tensor(rng(25).standard_normal(y.shape))
+    y.backward(dy)
+    expected = np.zeros(shape)
+    xs = x.detach().numpy()
+    for (n, c, i, j), values in np_windows(xs, kernel, stride, pooled).items():
+        assert y[n, c, i, j].item() in values.tolist()
+        flat = np.flatnonzero(xs[n, c] == y[n, c, i, j].item())
+        assert flat.size == 1
+        expected[n, c].ravel()[flat[0]] += dy[n, c, i, j].item()
+    assert_blob_close(x.grad, expected, rtol=1e-12, atol=1e-12)
+    assert np.count_nonzero(x.grad.numpy()) <= y.numel()
+
+
+def test_stochastic_train_all_zero_window_picks_its_first_element():
+    """A zero window sum makes the threshold 0, which the running sum reaches (>=) at the window's first element:
+    the top is 0 and the diff goes to each window's top-left element."""
+    layer = stochastic_layer("kernel_size: 2 stride: 2", (1, 1, 4, 5), TRAIN)
+    x = torch.zeros(1, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(4)
+    y = layer(x)
+    assert y.shape == (1, 1, 2, 3) and not y.detach().any()
+    y.backward(torch.arange(1.0, 7.0, dtype=torch.float64).reshape(y.shape))
+    expected = np.zeros((1, 1, 4, 5))
+    expected[0, 0, ::2, ::2] = np.arange(1.0, 7.0).reshape(2, 3)
+    assert_blob_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST], ids=["train", "test"])
+def test_stochastic_global_pooling(phase):
+    shape = (2, 3, 4, 5)
+    layer = stochastic_layer("global_pooling: true", shape, phase)
+    x = rng(26).uniform(0.1, 1.0, shape)
+    torch.manual_seed(0)
+    (y,) = run(layer, x)
+    assert y.shape == (2, 3, 1, 1)
+    if phase == TEST:
+        assert_blob_close(y[:, :, 0, 0], (x * x).sum(axis=(2, 3)) / x.sum(axis=(2, 3)), rtol=1e-12, atol=1e-12)
+    else:
+        for n, c in itertools.product(range(2), range(3)):
+            assert y[n, c, 0, 0].item() in x[n, c].ravel().tolist()
+
+
+STOCHASTIC_NET = """
+name: "stochastic" force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
+"""
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST], ids=["train", "test"])
+def test_stochastic_net_from_prototxt_runs(phase):
+    net = caffe.Net(parse_net(STOCHASTIC_NET), phase)
+    x = rng(27).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    relu = np.maximum(x, 0)
+    torch.manual_seed(8)
+    out = net.forward(data=x)["pool"]
+    assert out.shape == (2, 3, 4, 4)
+    if phase == TEST:
+        expected, _ = np_stochastic(relu, (3, 3), (2, 2))
+        assert_blob_close(out, expected, rtol=2e-6, atol=2e-6)
+    else:
+        for key, values in np_windows(relu, (3, 3), (2, 2), (4, 4)).items():
+            assert out[key] in values
+    diff = net.backward(pool=np.ones(out.shape, np.float32))["data"]
+    assert diff.shape == x.shape and np.isfinite(diff).all()
+    assert (diff[x < 0] == 0).all()
+    if phase == TRAIN:  # each window hands its 1 to one element (lost where ReLU zeroed that element)
+        assert diff.sum() <= out.size and np.array_equal(diff, np.round(diff)) and diff.min() >= 0
+
+
+@pytest.mark.gpu
+def test_stochastic_on_cuda():
+    """TEST matches the CPU; TRAIN (CUDA's own generator stream) picks window elements, reproducibly, and routes
+    the diff to them."""
+    shape, pooled = (2, 3, 9, 10), (4, 5)
+    x = torch.as_tensor(rng(28).uniform(0.0, 2.0, shape).astype(np.float32))
+    test = stochastic_layer("kernel_size: 3 stride: 2", shape, TEST)
+    assert_blob_close(test(x.cuda()), test(x), rtol=1e-5, atol=1e-6)
+    train = stochastic_layer("kernel_size: 3 stride: 2", shape, TRAIN)
+    xc = x.cuda().requires_grad_()
+    torch.manual_seed(9)
+    y = train(xc)
+    torch.manual_seed(9)
+    assert torch.equal(y, train(xc))
+    for key, values in np_windows(x.numpy(), (3, 3), (2, 2), pooled).items():
+        assert y[key].item() in values.tolist()
+    y.backward(torch.ones_like(y))
+    assert xc.grad.sum().item() == y.numel() and torch.count_nonzero(xc.grad) <= y.numel()

@@ -137,6 +137,101 @@ def test_two_top_loss_without_loss_weights_is_rejected_like_caffe():
         net_from(text)
 
 
+def test_two_top_loss_with_two_loss_weights_is_rejected_like_caffe():
+    """Caffe's SoftmaxWithLoss hands a copy of its parameters to its inner Softmax (one top), whose once-per-top
+    check then fails on two loss_weight values: a probability top cannot be built either way."""
+    text = FANOUT.replace('top: "loss" }', 'top: "loss" top: "prob" loss_weight: 1 loss_weight: 0 }')
+    with pytest.raises(caffe.LayerError, match=r'SoftmaxWithLoss layer "loss": loss_weight is given 2 times.*inner '
+                                               r"Softmax.*add a separate Softmax layer"):
+        net_from(text)
+
+
+# ----------------------------------------------------------------------------- gradients Caffe cannot give
+REFUSAL_BASE = """name: "refusals"
+layer { name: "in" type: "Input" top: "x" top: "l" top: "h"
+        input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } shape { dim: 1 dim: 1 dim: 3 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 } }
+"""
+REFUSED = {
+    # name: (layers after REFUSAL_BASE, force_backward, the error's layer and reason, why)
+    "softmax_label": ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "l" top: "loss" '
+                      "propagate_down: true propagate_down: true }", False,
+                      r'SoftmaxWithLoss layer "loss": SoftmaxWithLoss cannot backpropagate to its label input: '
+                      r'bottom 1 "l"', "propagate_down is true for bottom 1"),
+    "infogain_h": ('layer { name: "loss" type: "InfogainLoss" bottom: "y" bottom: "l" bottom: "h" top: "loss" }',
+                   True, r'InfogainLoss layer "loss": InfogainLoss cannot backpropagate to its infogain matrix H: '
+                   r'bottom 2 "h"', "force_backward: true"),
+    "infogain_label": ('layer { name: "loss" type: "InfogainLoss" bottom: "y" bottom: "l" bottom: "h" top: "loss" '
+                       "propagate_down: true propagate_down: true propagate_down: false }", False,
+                       r"InfogainLoss cannot backpropagate to its label input", "propagate_down is true"),
+    "batchreindex_index": ('layer { name: "r" type: "BatchReindex" bottom: "y" bottom: "l" top: "r" }', True,
+                           r'BatchReindex layer "r": BatchReindex cannot backpropagate to its index input',
+                           "force_backward"),
+    "filter_selector": ('layer { name: "f" type: "Filter" bottom: "y" bottom: "l" top: "f" }', True,
+                        r'Filter layer "f": Filter cannot backpropagate to its selector \(last\) input: bottom 1',
+                        "force_backward"),
+    "embed_indices": ('layer { name: "e" type: "Embed" bottom: "l" top: "e" '
+                      "embed_param { num_output: 2 input_dim: 4 } }", True,
+                      r'Embed layer "e": Embed cannot backpropagate to its integer indices', "force_backward"),
+    "threshold": ('layer { name: "t" type: "Threshold" bottom: "y" top: "t" } '
+                  'layer { name: "loss" type: "EuclideanLoss" bottom: "t" bottom: "y" top: "loss" }', False,
+                  r'Threshold layer "t": Threshold has no backward in Caffe \(NOT_IMPLEMENTED\)',
+                  "a layer below it has learnable parameters"),
+    "argmax": ('layer { name: "a" type: "ArgMax" bottom: "y" top: "a" }', True,
+               r'ArgMax layer "a": ArgMax has no backward in Caffe', "force_backward"),
+    "accuracy_as_a_loss": ('layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "l" top: "acc" loss_weight: 1 }',
+                           False, r'Accuracy layer "acc": Accuracy has no backward in Caffe',
+                           "a layer below it has learnable parameters"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_gradients_caffe_cannot_give_are_refused_at_build_time(name):
+    layers, force, message, why = REFUSED[name]
+    text = REFUSAL_BASE + layers + ("\nforce_backward: true" if force else "")
+    with pytest.raises(caffe.LayerError, match=message) as error:
+        net_from(text, caffe.TRAIN)
+    assert why in str(error.value)
+
+
+@pytest.mark.parametrize("layers,force", [
+    ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "l" top: "loss" }', True),
+    ('layer { name: "r" type: "BatchReindex" bottom: "y" bottom: "l" top: "r" } '
+     'layer { name: "loss" type: "EuclideanLoss" bottom: "r" bottom: "r" top: "loss" }', False),
+    ('layer { name: "t" type: "Threshold" bottom: "x" top: "t" } '
+     'layer { name: "loss" type: "EuclideanLoss" bottom: "t" bottom: "y" top: "loss" }', False),
+    ('layer { name: "acc" type: "Accuracy" bottom: "y" bottom: "l" top: "acc" }', True),
+], ids=["label_untouched", "index_untouched", "threshold_on_data", "accuracy"])
+def test_the_same_layers_build_when_nothing_asks_for_those_gradients(layers, force):
+    """(force_backward never reaches a loss layer's label, nor Accuracy here, as its backward is never run.)"""
+    net_from(REFUSAL_BASE + layers, caffe.TRAIN)
+    if force:
+        net_from(REFUSAL_BASE + layers + "\nforce_backward: true", caffe.TRAIN)
+
+
+def test_absval_in_place_is_refused_like_caffe():
+    text = REFUSAL_BASE + 'layer { name: "abs" type: "AbsVal" bottom: "y" top: "y" }'
+    with pytest.raises(caffe.LayerError, match=r'AbsVal layer "abs": does not allow in-place computation'):
+        net_from(text)
+
+
+def test_backward_without_a_forward_reads_what_the_blobs_hold():
+    """pycaffe's net.backward() straight after setting a top diff (BVLC's test_backward_start_end): the diffs are
+    computed from the blobs' current data, and the tops' data is left as it is."""
+    caffe.set_random_seed(5)
+    net = net_from(CHAIN.replace('name: "chain"', 'name: "chain" force_backward: true') % ("", ""))
+    rng = np.random.default_rng(2)
+    net.blobs["h"].data[...] = rng.normal(size=(2, 4))
+    y_before = net.blobs["y"].data.copy()
+    dy = rng.normal(size=(2, 2)).astype(np.float32)
+    net.blobs["y"].diff[...] = dy
+    diffs = net.backward(start="ip2", end="ip2")
+    w = net.params["ip2"][0].data
+    assert_blob_close(diffs["h"], dy @ w, rtol=1e-5, atol=1e-6)
+    assert_blob_close(net.params["ip2"][0].diff, dy.T @ net.blobs["h"].data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(net.blobs["y"].data, y_before)
+
+
 # ------------------------------------------------------------------------------------------- backward planning
 CHAIN = """
 name: "chain"

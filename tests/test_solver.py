@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from caffelike.proto import caffe_pb2
+from caffelike.train.powx import powx
 from google.protobuf import text_format
 
 import caffelike as caffe
@@ -160,10 +161,10 @@ def _one_tensor_step(kind, p, hist, g, rate, it):
     if kind == "RMSProp":
         hist[0].mul_(p.rms_decay).add_(g * g, alpha=1 - p.rms_decay)
         return g / (hist[0].sqrt() + p.delta) * rate
-    if kind == "AdaDelta":
-        hist[0].mul_(p.momentum).add_(g * g, alpha=1 - p.momentum)
-        update = g * ((hist[1] + p.delta) / (hist[0] + p.delta)).sqrt()
-        hist[1].mul_(p.momentum).add_(update * update, alpha=1 - p.momentum)
+    if kind == "AdaDelta":  # Caffe's caffe_powx here (tests/test_powx.py checks it against the C library)
+        hist[0].mul_(p.momentum).add_(powx(g, 2), alpha=1 - p.momentum)
+        update = g * powx((hist[1] + p.delta) / (hist[0] + p.delta), 0.5)
+        hist[1].mul_(p.momentum).add_(powx(update, 2), alpha=1 - p.momentum)
         return update * rate
     t = it + 1
     correction = math.sqrt(1 - p.momentum2 ** t) / (1 - p.momentum ** t)

@@ -112,3 +112,62 @@ def test_double_data_is_read_when_present():
 def test_zoo_lenet_weights_load():
     net = read_caffemodel(zoo.path("lenet", "lenet_mnist5k.caffemodel"))
     assert [lp.name for lp in net.layer if lp.blobs] == ["conv1", "conv2", "ip1", "ip2"]
+
+
+# ------------------------------------------------------------------------------------------ 0-axis parameters
+SCALAR_NET = """name: "scalars"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "prelu" type: "PReLU" bottom: "data" top: "a" prelu_param { channel_shared: true } }
+layer { name: "scale" type: "Scale" bottom: "a" top: "b" scale_param { num_axes: 0 bias_term: true } }
+layer { name: "bias" type: "Bias" bottom: "b" top: "c" bias_param { num_axes: 0 } }
+"""
+SCALARS = {"prelu": [0.125], "scale": [1.5, -0.25], "bias": [0.75]}
+
+
+def caffe_written_scalars() -> bytes:
+    """The .caffemodel Caffe's net.save writes for SCALAR_NET: Blob::ToProto gives a 0-axis blob no shape field
+    at all, just its one value."""
+    out = caffe_pb2.NetParameter(name="scalars")
+    for name, kind in (("data", "Input"), ("prelu", "PReLU"), ("scale", "Scale"), ("bias", "Bias")):
+        layer = out.layer.add(name=name, type=kind)
+        for value in SCALARS.get(name, []):
+            layer.blobs.add().data.append(value)
+    return out.SerializeToString()
+
+
+def test_scalar_parameters_load_from_a_caffe_written_caffemodel(tmp_path):
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(caffe_written_scalars())
+    net = caffe.Net(parse_net(SCALAR_NET), caffe.TEST, weights=str(weights))
+    for name, values in SCALARS.items():
+        assert [b.data.shape for b in net.params[name]] == [()] * len(values)
+        assert [float(b.data) for b in net.params[name]] == values
+    x = np.linspace(-2, 2, 120, dtype=np.float32).reshape(2, 3, 4, 5)
+    net.blobs["data"].data[...] = x
+    out = net.forward()["c"]
+    expected = (np.where(x > 0, x, 0.125 * x) * 1.5 - 0.25) + 0.75
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_scalar_parameters_save_as_caffe_does_and_round_trip(tmp_path):
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(caffe_written_scalars())
+    net = caffe.Net(parse_net(SCALAR_NET), caffe.TEST, weights=str(weights))
+    saved = tmp_path / "saved.caffemodel"
+    net.save(str(saved))
+    proto = read_caffemodel(str(saved))
+    blobs = [b for layer in proto.layer for b in layer.blobs]
+    assert len(blobs) == 4 and not any(b.HasField("shape") for b in blobs)
+    again = caffe.Net(parse_net(SCALAR_NET), caffe.TEST, weights=str(saved))
+    assert [float(b.data) for b in again.params["scale"]] == SCALARS["scale"]
+
+
+def test_shapeless_blobproto_is_a_scalar_for_caffe_and_pycaffe():
+    one = caffe_pb2.BlobProto(data=[2.5])
+    assert blob_to_array(one).shape == () and float(blob_to_array(one)) == 2.5
+    assert caffe.io.blobproto_to_array(one).shape == () and caffe.io.blobproto_to_array(one) == 2.5
+    hundred = caffe_pb2.BlobProto(data=list(range(100)))
+    with pytest.raises(caffe.WeightsError, match=r"holds 100 values but its shape \(\) needs 1"):
+        blob_to_array(hundred)  # Caffe's FromProto refuses it too
+    with pytest.raises(ValueError, match=r"holds 100 data values .* needs 1 \(a BlobProto without shape"):
+        caffe.io.blobproto_to_array(hundred)  # pycaffe's reshape raises ValueError (BVLC's test_io.test_no_shape)

@@ -1,7 +1,9 @@
-"""Caffe's global mode (CPU or GPU), device and random seed, as pycaffe's set_mode_* functions set them."""
+"""Caffe's global mode (CPU or GPU), device and random seed, as pycaffe's set_mode_* functions set them; the
+multi-solver settings (solver count and rank, multiprocess), has_nccl/NCCL, and pycaffe's Timer."""
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import torch
@@ -63,3 +65,118 @@ def parse_gpu_flag(value: str | None) -> torch.device:
     if not 0 <= first < torch.cuda.device_count():
         raise CaffeError(f"--gpu {value}: device {first} does not exist ({torch.cuda.device_count()} devices)")
     return torch.device("cuda", first)
+
+
+# ------------------------------------------------------------------------------ multi-solver state and NCCL
+# pycaffe's caffe.solver_count()/solver_rank()/set_multiprocess(): Caffe keeps them as process-wide settings that
+# BVLC's multi-GPU train.py sets in each worker.  caffelike trains on one device, so they are bookkeeping only:
+# they hold what was set (count 1 and rank 0 until then) for scripts that read them back.
+_solvers = {"count": 1, "rank": 0, "multiprocess": False}
+
+
+def _whole_number(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} takes an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def solver_count() -> int:
+    return _solvers["count"]
+
+
+def set_solver_count(count: int) -> None:
+    count = _whole_number(count, "set_solver_count")
+    if count < 1:
+        raise ValueError(f"set_solver_count: the count must be at least 1, got {count}")
+    _solvers["count"] = count
+
+
+def solver_rank() -> int:
+    return _solvers["rank"]
+
+
+def set_solver_rank(rank: int) -> None:
+    rank = _whole_number(rank, "set_solver_rank")
+    if rank < 0:
+        raise ValueError(f"set_solver_rank: the rank must be 0 or more, got {rank}")
+    _solvers["rank"] = rank
+
+
+def multiprocess() -> bool:
+    return _solvers["multiprocess"]
+
+
+def set_multiprocess(value: bool) -> None:
+    _solvers["multiprocess"] = bool(value)
+
+
+def has_nccl() -> bool:
+    """pycaffe's caffe.has_nccl(): False, this build has no NCCL (multi-GPU training) support."""
+    return False
+
+
+NCCL_UNAVAILABLE = ("NCCL is not available in this build: caffelike trains on one device, so multi-GPU training "
+                    "with caffe.NCCL (BVLC's python/train.py) cannot run.  Check caffe.has_nccl() first, and train "
+                    "on one GPU (caffe.set_mode_gpu(); caffe.set_device(id)) or use `caffelike train --gpu ID`")
+
+
+class NCCL:
+    """pycaffe's caffe.NCCL(solver, uid) as a build without NCCL offers it: there is nothing to synchronise with,
+    so constructing one (or asking for `NCCL.new_uid()`) raises a CaffeError saying so, before any work is done
+    on a second device that would never be shared."""
+
+    def __init__(self, solver=None, uid=None):
+        raise CaffeError(NCCL_UNAVAILABLE)
+
+    @staticmethod
+    def new_uid():
+        raise CaffeError(NCCL_UNAVAILABLE)
+
+
+# ---------------------------------------------------------------------------------------------------- Timer
+class Timer:
+    """pycaffe's caffe.Timer: `start()`, `stop()` and `ms`, the milliseconds between them.
+
+    As Caffe's Timer: start() on a running timer and stop() on a stopped one do nothing; reading `ms` while it
+    runs stops it first; a timer never started reads 0.  In GPU mode start and stop wait for the device's queued
+    work (Caffe times with CUDA events), so a timed forward pass includes its kernels.
+    """
+
+    def __init__(self):
+        self._start = 0.0
+        self._elapsed_ms = 0.0
+        self.running = False
+        self.has_run_at_least_once = False
+
+    @staticmethod
+    def _now() -> float:
+        if _state["mode"] == "gpu" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def start(self) -> None:
+        if not self.running:
+            self._start = self._now()
+            self.running = True
+            self.has_run_at_least_once = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._elapsed_ms = (self._now() - self._start) * 1000.0
+            self.running = False
+
+    @property
+    def ms(self) -> float:
+        if not self.has_run_at_least_once:
+            return 0.0
+        if self.running:
+            self.stop()
+        return self._elapsed_ms
+
+    @property
+    def seconds(self) -> float:
+        return self.ms / 1000.0
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"{self._elapsed_ms:.3f} ms"
+        return f"<Timer {state}>"

@@ -11,8 +11,13 @@ from caffelike.errors import CaffeError, WeightsError, shape_str
 from caffelike.proto import caffe_pb2
 
 
+class BlobShapeError(CaffeError, ValueError):
+    """A BlobProto whose values do not fit its shape (a ValueError, as pycaffe's reshape raises)."""
+
+
 def blob_shape(bp: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """A BlobProto's shape: `shape.dim`, or the legacy num/channels/height/width."""
+    """A BlobProto's shape: `shape.dim`, or the legacy num/channels/height/width; with neither, () — a scalar
+    (Caffe's Blob::ToProto writes a 0-axis blob, PReLU's shared slope say, with no shape at all)."""
     if bp.HasField("shape"):
         return tuple(int(d) for d in bp.shape.dim)
     if any(bp.HasField(f) for f in ("num", "channels", "height", "width")):
@@ -28,11 +33,11 @@ def blob_to_array(bp: caffe_pb2.BlobProto, diff: bool = False, where: str = "blo
     else:
         values = np.asarray(bp.double_data if len(bp.double_data) else bp.data)
     values = values.astype(np.float64 if values.dtype == np.float64 else np.float32, copy=False)
-    expected = int(np.prod(shape)) if shape else values.size
+    expected = int(np.prod(shape))
     if values.size != expected:
         raise WeightsError(f"{where}: holds {values.size} values but its shape {shape_str(shape)} needs {expected} "
                            "(the file is truncated or corrupt)")
-    return values.reshape(shape) if shape else values
+    return values.reshape(shape)
 
 
 def array_to_blob(array, bp: caffe_pb2.BlobProto | None = None, diff=None) -> caffe_pb2.BlobProto:
@@ -40,7 +45,8 @@ def array_to_blob(array, bp: caffe_pb2.BlobProto | None = None, diff=None) -> ca
     bp = caffe_pb2.BlobProto() if bp is None else bp
     array = np.asarray(array)
     bp.ClearField("shape")
-    bp.shape.dim.extend(int(d) for d in array.shape)
+    if array.ndim:  # a scalar gets no shape field at all, as Caffe writes it
+        bp.shape.dim.extend(int(d) for d in array.shape)
     bp.ClearField("data")
     bp.data.extend(array.astype(np.float32).ravel().tolist())
     if diff is not None:
@@ -63,7 +69,8 @@ def shape_matches(bp: caffe_pb2.BlobProto, target: tuple[int, ...]) -> bool:
 # ---------------------------------------------------------------------------------- pycaffe's caffe.io names
 def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
     """The data (or diff) of a BlobProto as a float64 array, as pycaffe returns it.  The shape is the legacy
-    (num, channels, height, width) when any of those four fields is set, else `shape.dim`.  Values stored as
+    (num, channels, height, width) when any of those four fields is set, else `shape.dim` (none: a scalar).  A
+    count that does not fit raises BlobShapeError, a ValueError as numpy's reshape in pycaffe.  Values stored as
     `double_data`/`double_diff` are read when the float fields are empty (pycaffe ignores them)."""
     values = blob.diff if return_diff else blob.data
     if not len(values):
@@ -71,12 +78,13 @@ def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> 
     data = np.array(values, dtype=np.float64)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
+    else:  # no shape at all is a scalar, as Caffe writes a 0-axis blob
         shape = tuple(int(d) for d in blob.shape.dim)
     if data.size != int(np.prod(shape)):
         what = "diff" if return_diff else "data"
-        raise CaffeError(f"BlobProto holds {data.size} {what} values but its shape {shape} needs "
-                         f"{int(np.prod(shape))}")
+        hint = " (a BlobProto without shape or num/channels/height/width holds one value)" if not shape else ""
+        raise BlobShapeError(f"BlobProto holds {data.size} {what} values but its shape {shape} needs "
+                             f"{int(np.prod(shape))}{hint}")
     return data.reshape(shape)
 
 

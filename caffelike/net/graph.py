@@ -263,6 +263,7 @@ class NetGraph(nn.Module):
                 plan.bottom_need_backward = [nb or layer.allow_force_backward(j)
                                              for j, nb in enumerate(plan.bottom_need_backward)]
                 plan.param_propagate_down = [True] * len(plan.param_propagate_down)
+        self._refuse_impossible_gradients()
         # A parameter carries autograd history only where Caffe would compute its diff (lr_mult != 0, or
         # force_backward); a shared Parameter does when any of its users does.
         wants: dict[int, bool] = {}
@@ -271,6 +272,24 @@ class NetGraph(nn.Module):
                 wants[id(p)] = wants.get(id(p), False) or (down and not getattr(p, "caffe_frozen", False))
         for p in self.parameters():
             p.requires_grad_(wants.get(id(p), False))
+
+    def _refuse_impossible_gradients(self) -> None:
+        """Caffe's Backward aborts when a layer is asked for a gradient it cannot give (a label, an index, a layer
+        without backward); here such a net is refused when it is built, naming the layer, the bottom and why."""
+        for layer, plan, lp in zip(self._layers, self.plans, self.net_param.layer):
+            if not plan.need_backward:
+                continue
+            for j, needed in enumerate(plan.bottom_need_backward):
+                reason = layer.gradient_refusal(j, len(plan.bottoms)) if needed else None
+                if reason is None:
+                    continue
+                if lp.propagate_down and lp.propagate_down[j]:
+                    why = f"propagate_down is true for bottom {j}"
+                elif self.force_backward:
+                    why = "force_backward: true asks every layer for its bottoms' gradients"
+                else:
+                    why = "a layer below it has learnable parameters, so the net needs that gradient"
+                layer.fail(f'{reason}: bottom {j} "{plan.bottoms[j]}" cannot get a gradient, but {why}')
 
     # -------------------------------------------------------------------------------------------- module plumbing
     def _apply(self, fn, recurse=True):
@@ -421,18 +440,12 @@ class NetGraph(nn.Module):
             layer, plan = self._layers[i], self.plans[i]
             if layer.type == "Input":
                 continue
-            bottoms = []
-            for b, nb in zip(plan.bottoms, plan.bottom_need_backward):
-                t = self.blobs[b].tensor.detach()
-                if record and plan.need_backward and nb and t.is_floating_point():
-                    t.requires_grad_(True)
-                bottoms.append(t)
             if record and plan.need_backward:
-                tops = self._run_layer(i, bottoms)
-                self._tape[i] = (bottoms, tops)
+                self._tape[i] = self._record(i)
+                tops = self._tape[i][1]
             else:
                 with torch.no_grad():
-                    tops = self._run_layer(i, bottoms)
+                    tops = self._run_layer(i, [self.blobs[b].tensor.detach() for b in plan.bottoms])
                 self._tape.pop(i, None)
             for t, value, w in zip(plan.tops, tops, plan.loss_weights):
                 self.blobs[t].set_tensor(value)
@@ -440,16 +453,35 @@ class NetGraph(nn.Module):
                     loss += w * float(value.detach().sum())
         return loss
 
+    def _record(self, i: int) -> tuple[list[torch.Tensor], tuple]:
+        """Run layer i on what its bottom blobs hold, recording autograd history: (bottoms, tops)."""
+        plan = self.plans[i]
+        bottoms = []
+        for b, nb in zip(plan.bottoms, plan.bottom_need_backward):
+            t = self.blobs[b].tensor.detach()
+            if nb and t.is_floating_point():
+                t.requires_grad_(True)
+            bottoms.append(t)
+        with torch.enable_grad():
+            return bottoms, self._run_layer(i, bottoms)
+
     def run_backward(self, start: int | None = None, end: int = 0) -> None:
         """Caffe's BackwardFromTo: layers from `start` down to `end`, each reading its tops' diffs, overwriting
         its bottoms' diffs and adding into its parameters' diffs."""
         start = len(self._layers) - 1 if start is None else start
         self.sync.push()
+        replayed = []
         for i in range(start, end - 1, -1):
             plan = self.plans[i]
-            if not plan.need_backward or i not in self._tape:
-                continue
             layer = self._layers[i]
+            if not plan.need_backward or layer.type == "Input":
+                continue
+            if i not in self._tape:
+                # Caffe's Backward reads whatever the blobs hold; with no forward recorded (pycaffe's
+                # net.backward() right after setting a diff) the layer is replayed from its bottoms' data,
+                # its top blobs left as they are.
+                self._tape[i] = self._record(i)
+                replayed.append(i)
             bottoms, tops = self._tape[i]
             outs, seeds = [], []
             for name, t in zip(plan.tops, tops):
@@ -474,6 +506,8 @@ class NetGraph(nn.Module):
                     p.grad = g.detach().clone()
                 else:
                     p.grad.add_(g)
+        for i in replayed:  # a replay answers this backward only: the next one reads the blobs again
+            del self._tape[i]
 
     def reshape(self) -> None:
         """Propagate input shapes through every layer (Caffe's Net::Reshape) without computing anything."""

@@ -18,7 +18,9 @@ from caffelike.core import runtime
 from caffelike.core.blob import Blob
 from caffelike.errors import CaffeError, shape_str
 from caffelike.format.prototxt import read_net
-from caffelike.format.weights import copy_trained_layers, read_caffemodel, save_caffemodel
+from caffelike.format.weights import (
+    copy_trained_layers, is_hdf5, load_hdf5_weights, read_caffemodel, save_caffemodel, write_hdf5_weights,
+)
 from caffelike.net.graph import NetGraph
 from caffelike.proto import caffe_pb2
 
@@ -213,11 +215,28 @@ class Net(NetGraph):
 
     # ------------------------------------------------------------------------------------------------ weights
     def copy_from(self, path: str) -> None:
-        copy_trained_layers(self, read_caffemodel(os.fspath(path)), os.fspath(path))
+        """Caffe's CopyTrainedLayersFrom: a binary .caffemodel, or HDF5 weights (told by the file's signature)."""
+        path = os.fspath(path)
+        self.sync.push()
+        if is_hdf5(path):
+            load_hdf5_weights(self, path)
+        else:
+            copy_trained_layers(self, read_caffemodel(path), path)
 
     def save(self, path: str) -> None:
         self.sync.push()
         save_caffemodel(self, os.fspath(path))
+
+    def save_hdf5(self, path: str) -> None:
+        """pycaffe's save_hdf5 (Net::ToHDF5): the weights as Caffe's HDF5 layout, group "data" with one group per
+        layer holding datasets "0", "1", ...; written atomically.  Needs h5py."""
+        self.sync.push()
+        write_hdf5_weights(self, os.fspath(path))
+
+    def load_hdf5(self, path: str) -> None:
+        """pycaffe's load_hdf5 (CopyTrainedLayersFromHDF5): copy HDF5 weights into the layers of the same name."""
+        self.sync.push()
+        load_hdf5_weights(self, os.fspath(path))
 
     def share_with(self, other: "Net") -> None:
         """Caffe's ShareTrainedLayersWith: this net's layers use `other`'s parameter blobs, by layer name."""

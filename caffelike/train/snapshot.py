@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import numpy as np
 import torch
 
 from caffelike.errors import CaffeError
 from caffelike.format.blobproto import array_to_blob, blob_to_array
-from caffelike.format.files import atomic_write
-from caffelike.format.weights import net_to_proto
+from caffelike.format.files import atomic_write, atomic_write_with
+from caffelike.format.weights import net_to_proto, write_hdf5_weights
 from caffelike.proto import caffe_pb2
 
 log = logging.getLogger("caffelike")
@@ -30,16 +29,12 @@ def _h5py():
 
 def _atomic_h5(path: str, fill) -> None:
     h5py = _h5py()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write_with(path, write, suffix=".h5")
 
 
 def _history_arrays(solver) -> list[np.ndarray]:
@@ -52,22 +47,8 @@ def write_snapshot(solver, hdf5: bool = False) -> tuple[str, str]:
     if hdf5:
         model = solver.snapshot_filename(".caffemodel.h5")
         log.info("Snapshotting to HDF5 file %s", model)
-
-        def fill_model(f):
-            data = f.create_group("data")
-            grads = f.create_group("diff") if diff else None
-            seen: set[int] = set()
-            for layer in net.layer_list:
-                group = data.require_group(layer.layer_name)
-                for i, p in enumerate(layer.blobs):
-                    if id(p) in seen:
-                        continue  # a shared blob is written once, by its owner, as Caffe does
-                    seen.add(id(p))
-                    group.create_dataset(str(i), data=p.detach().cpu().numpy())
-                    if grads is not None and p.grad is not None:
-                        grads.require_group(layer.layer_name).create_dataset(str(i), data=p.grad.cpu().numpy())
-
-        _atomic_h5(model, fill_model)
+        _h5py()
+        write_hdf5_weights(net, model, write_diff=diff)  # Net::ToHDF5: a shared blob's data once, by its owner
         state = solver.snapshot_filename(".solverstate.h5")
         log.info("Snapshotting solver state to HDF5 file %s", state)
 

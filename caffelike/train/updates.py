@@ -13,6 +13,7 @@ import torch
 
 from caffelike.errors import CaffeError
 from caffelike.proto import caffe_pb2
+from caffelike.train.powx import powx
 
 RULES: dict[str, type["UpdateRule"]] = {}
 
@@ -121,14 +122,15 @@ class AdaDelta(UpdateRule):
     def step(self, indices, grads, local_rate, it):
         m, delta = self.p.momentum, self.p.delta
         hg, hd = self.histories(indices, 0), self.histories(indices, 1)
+        # Caffe squares and takes roots here with caffe_powx (the C library's powf), not x*x and sqrt
         torch._foreach_mul_(hg, m)
-        torch._foreach_add_(hg, _squares(grads), alpha=1 - m)
+        torch._foreach_add_(hg, [powx(g, 2) for g in grads], alpha=1 - m)
         num = torch._foreach_add(hd, delta)
         den = torch._foreach_add(hg, delta)
-        ratio = torch._foreach_sqrt(torch._foreach_div(num, den))
+        ratio = [powx(r, 0.5) for r in torch._foreach_div(num, den)]
         update = torch._foreach_mul(grads, ratio)
         torch._foreach_mul_(hd, m)
-        torch._foreach_add_(hd, _squares(update), alpha=1 - m)
+        torch._foreach_add_(hd, [powx(u, 2) for u in update], alpha=1 - m)
         torch._foreach_mul_(update, local_rate)
         return update
 

@@ -1,0 +1,865 @@
+"""pycaffe compatibility: every behaviour BVLC Caffe's own python/caffe/test suite checks, asserted on caffelike
+through `import caffelike as caffe` (test_coord_map, test_draw, test_io, test_layer_type_list, test_net,
+test_net_spec, test_nccl, test_python_layer, test_python_layer_with_param_str, test_solver), plus the pycaffe
+runtime names (Timer, solver count and rank) and scripts/run_bvlc_pycaffe_tests.py, which runs BVLC's suite
+itself.  The tests are written here from what BVLC's tests check, in pytest's style."""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import caffelike as caffe
+from caffelike import layers as L
+from caffelike import params as P
+from caffelike.coord_map import (
+    AxisMismatchException, UndefinedMapException, compose, coord_map, coord_map_from_to, crop, inverse,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "run_bvlc_pycaffe_tests.py"
+
+
+def write(folder: pathlib.Path, name: str, text: str) -> str:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# ================================================================================================ test_coord_map
+def coord_net_spec(ks=3, stride=1, pad=0, pool=2, dstride=2, dpad=0):
+    """conv -> pool -> deconv over a 100x100 input (and a 20x20 auxiliary input), the upsampling kernel twice
+    the deconvolution's stride."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 1, 100, 100]))
+    n.aux = L.Input(shape=dict(dim=[2, 1, 20, 20]))
+    n.conv = L.Convolution(n.data, num_output=10, kernel_size=ks, stride=stride, pad=pad)
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=pool, stride=pool, pad=0)
+    deconv_ks = [s * 2 for s in dstride] if isinstance(dstride, list) else dstride * 2
+    n.deconv = L.Deconvolution(n.pool, num_output=10, kernel_size=deconv_ks, stride=dstride, pad=dpad)
+    return n
+
+
+@pytest.mark.parametrize("pool, dstride, shift", [(2, 2, 0), (4, 4, -1)], ids=["2x-pool-2x-deconv-identity",
+                                                                               "4x-pool-4x-deconv-shift-1"])
+def test_coord_map_through_conv_pool_deconv(pool, dstride, shift):
+    n = coord_net_spec(pool=pool, dstride=dstride)
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    assert ax == 1 and a == 1 and b == shift
+    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)  # per-axis arrays, as pycaffe returns
+
+
+@pytest.mark.parametrize("make", [lambda n: L.ReLU(n.deconv),
+                                  lambda n: L.Convolution(L.ReLU(n.deconv), num_output=10, kernel_size=1, stride=1,
+                                                          pad=0)],
+                         ids=["relu-pass-through", "1x1-conv-identity"])
+def test_coord_map_pass_through_layers_keep_the_map(make):
+    n = coord_net_spec()
+    expected = coord_map_from_to(n.deconv, n.data)
+    assert coord_map_from_to(make(n), n.data) == expected
+
+
+@pytest.mark.parametrize("pad", [1, 7], ids=["pad-1", "pad-7"])
+@pytest.mark.parametrize("where, sign", [("conv", -1), ("deconv", +1), ("both", 0)],
+                         ids=["conv-pad-subtracts", "deconv-pad-adds", "both-cancel"])
+def test_coord_map_padding_shifts_the_offset(pad, where, sign):
+    n = coord_net_spec()
+    _, a, b = coord_map_from_to(n.deconv, n.data)
+    kwargs = {"conv": dict(pad=pad), "deconv": dict(dpad=pad), "both": dict(pad=pad, dpad=pad)}[where]
+    n = coord_net_spec(**kwargs)
+    _, a_pad, b_pad = coord_map_from_to(n.deconv, n.data)
+    assert a_pad == a and b_pad == b + sign * pad
+
+
+def test_coord_map_every_bottom_and_top_of_a_layer_maps_alike():
+    n = coord_net_spec()
+    n.conv_data, n.conv_aux = L.Convolution(n.data, n.aux, ntop=2, num_output=10, kernel_size=5, stride=2, pad=0)
+    assert coord_map_from_to(n.conv_data, n.data) == coord_map_from_to(n.conv_aux, n.aux)
+
+
+def test_coord_map_anisotropic_is_its_isotropic_parts():
+    n3x3 = coord_net_spec(ks=3, stride=1, pad=0)
+    n5x5 = coord_net_spec(ks=5, stride=2, pad=10)
+    n3x5 = coord_net_spec(ks=[3, 5], stride=[1, 2], pad=[0, 10])
+    ax_3, a_3, b_3 = coord_map_from_to(n3x3.deconv, n3x3.data)
+    ax_5, a_5, b_5 = coord_map_from_to(n5x5.deconv, n5x5.data)
+    ax_35, a_35, b_35 = coord_map_from_to(n3x5.deconv, n3x5.data)
+    assert ax_3 == ax_5 == ax_35 == 1
+    assert (a_3[0], b_3[0]) == (a_35[0], b_35[0]) and (a_5[0], b_5[0]) == (a_35[1], b_35[1])
+
+
+def test_coord_map_nd_convolution_maps_each_axis():
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 3, 100, 100, 100]))
+    n.conv = L.Convolution(n.data, num_output=10, kernel_size=[3, 3, 3], stride=[1, 1, 1], pad=[0, 1, 2])
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=2, stride=2, pad=0)
+    n.deconv = L.Deconvolution(n.pool, num_output=10, kernel_size=4, stride=2, pad=0)
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    assert ax == 1 and len(a) == len(b) == 3 and np.all(a == 1)
+    assert b[0] - 1 == b[1] and b[1] - 1 == b[2]
+
+
+@pytest.mark.parametrize("offset", [0, 4], ids=["offset-0", "offset-4"])
+def test_coord_map_through_a_crop_adds_its_offset(offset):
+    n = coord_net_spec()
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    n.crop = L.Crop(n.deconv, n.data, axis=2, offset=offset)
+    ax_crop, a_crop, b_crop = coord_map_from_to(n.crop, n.data)
+    assert (ax_crop, a_crop, b_crop) == (ax, a, b + offset)
+
+
+@pytest.mark.parametrize("pool, dstride, offset", [(2, 2, 0), (4, 4, 1)], ids=["aligned", "offset-1"])
+def test_crop_helper_makes_a_crop_layer_that_aligns_the_net(pool, dstride, offset):
+    n = coord_net_spec(pool=pool, dstride=dstride)
+    n.score = crop(n.deconv, n.data)
+    layer = n.to_proto().layer[-1]
+    assert layer.type == "Crop" and list(layer.bottom) == ["deconv", "data"]
+    assert layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [offset]
+    net = caffe.Net(n.to_proto(), caffe.TEST)
+    assert net.blobs["score"].data.shape == (2, 10, 100, 100)
+
+
+def test_coord_map_of_spatially_unconnected_tops_is_a_runtime_error():
+    n = coord_net_spec()
+    n.ip = L.InnerProduct(n.deconv, num_output=10)
+    with pytest.raises(RuntimeError, match="Could not compute map between tops"):
+        coord_map_from_to(n.ip, n.data)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(pool=3, dstride=2), "scale mismatch on crop"),
+                                             (dict(dpad=10), "cannot crop negative offset")],
+                         ids=["scale-mismatch", "negative-crop"])
+def test_crop_refuses_impossible_crops_with_an_assertion_error(kwargs, message):
+    n = coord_net_spec(**kwargs)
+    with pytest.raises(AssertionError, match=message):
+        crop(n.deconv, n.data)
+
+
+def test_coord_map_refuses_legacy_h_w_params_and_non_tops():
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 10, 10]))
+    n.conv = L.Convolution(n.data, num_output=1, kernel_h=3, kernel_w=3)
+    with pytest.raises(AssertionError, match="cropping does not support legacy _h/_w params"):
+        coord_map_from_to(n.conv, n.data)
+    with pytest.raises(TypeError, match="pass one of its tops"):
+        coord_map_from_to(L.Slice(n.data, ntop=2), n.data)
+
+
+def test_coord_map_building_blocks():
+    assert coord_map(L.ReLU(L.Input()).fn) == (None, 1, 0)
+    with pytest.raises(UndefinedMapException):
+        coord_map(L.InnerProduct(L.Input(), num_output=1).fn)
+    with pytest.raises(AxisMismatchException):
+        compose((1, 1, 0), (2, 1, 0))
+    assert compose((None, 2, 1), (1, 3, 4)) == (1, 6, 9)
+    assert inverse((1, 2.0, 4.0)) == (1, 0.5, -2.0)
+
+
+# ==================================================================================================== test_draw
+ZOO_NETS = sorted(p for p in (ROOT / "zoo").rglob("*.prototxt") if "solver" not in p.name)
+
+
+@pytest.mark.parametrize("path", ZOO_NETS, ids=[str(p.relative_to(ROOT / "zoo")) for p in ZOO_NETS])
+def test_draw_every_bundled_net(path):
+    from google.protobuf import text_format
+
+    import caffelike.draw
+
+    net = caffe.caffe_pb2.NetParameter()
+    text_format.Merge(path.read_text(), net)
+    assert caffelike.draw.net_to_dot(net, "LR").startswith("digraph")
+    if shutil.which("dot"):  # pycaffe's draw_net renders with Graphviz, as here
+        assert caffelike.draw.draw_net(net, "LR")[:4] == b"\x89PNG"
+
+
+# ====================================================================================================== test_io
+def blob_proto(values, **fields):
+    blob = caffe.caffe_pb2.BlobProto()
+    blob.data.extend(list(np.asarray(values, np.float64).ravel()))
+    for key, value in fields.items():
+        if key == "dims":
+            blob.shape.dim.extend(value)
+        else:
+            setattr(blob, key, value)
+    return blob
+
+
+def test_io_blobproto_to_array_legacy_and_nd_shapes():
+    legacy = blob_proto(np.zeros(100), num=1, channels=1, height=10, width=10)
+    assert caffe.io.blobproto_to_array(legacy).shape == (1, 1, 10, 10)
+    assert caffe.io.blobproto_to_array(blob_proto(np.zeros(100), dims=[10, 10])).shape == (10, 10)
+
+
+def test_io_blobproto_to_array_scalar():
+    assert caffe.io.blobproto_to_array(blob_proto([123])) == 123
+
+
+def test_io_blobproto_to_array_without_a_shape_is_a_value_error():
+    with pytest.raises(ValueError):
+        caffe.io.blobproto_to_array(blob_proto(np.zeros(100)))
+
+
+def test_io_array_to_datum_without_a_label_writes_no_label():
+    with_label = caffe.io.array_to_datum(np.ones((10, 10, 3)), label=1)
+    without = caffe.io.array_to_datum(np.ones((10, 10, 3)))
+    assert len(with_label.SerializeToString()) > len(without.SerializeToString())
+
+
+# ======================================================================================= test_layer_type_list
+# BVLC Caffe's registered types (LayerRegistry's std::map keys), in the order pycaffe lists them: byte order.
+BVLC_LAYER_TYPES = [
+    "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "Clip", "Concat", "ContrastiveLoss",
+    "Convolution", "Crop", "Data", "Deconvolution", "Dropout", "DummyData", "ELU", "Eltwise", "Embed",
+    "EuclideanLoss", "Exp", "Filter", "Flatten", "HDF5Data", "HDF5Output", "HingeLoss", "Im2col", "ImageData",
+    "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MemoryData",
+    "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "Python", "RNN", "ReLU", "Reduction",
+    "Reshape", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
+    "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+]
+
+
+def test_layer_type_list_has_the_standard_types():
+    for type_name in ["Data", "Convolution", "InnerProduct"]:
+        assert type_name in caffe.layer_type_list()
+
+
+def test_layer_type_list_is_bvlcs_61_types_in_byte_order():
+    types = caffe.layer_type_list()
+    assert types == sorted(types, key=lambda t: t.encode()) and len(BVLC_LAYER_TYPES) == 61
+    assert types == BVLC_LAYER_TYPES
+
+
+# ===================================================================================================== test_net
+def simple_net_file(folder: pathlib.Path, num_output: int) -> str:
+    """BVLC's test_net.py net: DummyData (5x2x3x4 data, 5x1x1x1 labels) -> conv -> ip -> SoftmaxWithLoss."""
+    return write(folder, "simple.prototxt", f"""\
+        name: 'testnet' force_backward: true
+        layer {{ type: 'DummyData' name: 'data' top: 'data' top: 'label'
+          dummy_data_param {{ num: 5 channels: 2 height: 3 width: 4
+            num: 5 channels: 1 height: 1 width: 1
+            data_filler {{ type: 'gaussian' std: 1 }}
+            data_filler {{ type: 'constant' }} }} }}
+        layer {{ type: 'Convolution' name: 'conv' bottom: 'data' top: 'conv'
+          convolution_param {{ num_output: 11 kernel_size: 2 pad: 3
+            weight_filler {{ type: 'gaussian' std: 1 }}
+            bias_filler {{ type: 'constant' value: 2 }} }}
+            param {{ decay_mult: 1 }} param {{ decay_mult: 0 }} }}
+        layer {{ type: 'InnerProduct' name: 'ip' bottom: 'conv' top: 'ip_blob'
+          inner_product_param {{ num_output: {num_output}
+            weight_filler {{ type: 'gaussian' std: 2.5 }}
+            bias_filler {{ type: 'constant' value: -3 }} }} }}
+        layer {{ type: 'SoftmaxWithLoss' name: 'loss' bottom: 'ip_blob' bottom: 'label' top: 'loss' }}
+        """)
+
+
+NUM_OUTPUT = 13
+
+
+@pytest.fixture
+def net(tmp_path):
+    net = caffe.Net(simple_net_file(tmp_path, NUM_OUTPUT), caffe.TRAIN)
+    label = net.blobs["label"]
+    label.data[...] = np.random.default_rng(0).integers(NUM_OUTPUT, size=label.data.shape)
+    return net
+
+
+def params_equal(a, b) -> bool:
+    return all(np.array_equal(a.params[name][i].data, b.params[name][i].data)
+               for name in a.params for i in range(len(a.params[name])))
+
+
+def test_net_blobs_and_params_outlive_the_net(net):
+    params = sum((list(p) for p in net.params.values()), [])
+    blobs = list(net.blobs.values())
+    del net
+    total = sum(float(p.data.sum() + p.diff.sum()) for p in params)
+    total += sum(float(b.data.sum() + b.diff.sum()) for b in blobs)
+    assert np.isfinite(total)
+
+
+def test_net_layer_dict_follows_layer_names(net):
+    assert list(net.layer_dict) == list(net._layer_names) == ["data", "conv", "ip", "loss"]
+    for i, name in enumerate(net._layer_names):
+        assert net.layer_dict[name].type == net.layers[i].type
+
+
+def test_net_forward_backward(net):
+    assert set(net.forward()) == {"loss"}
+    assert net.backward() == {}
+
+
+def test_net_forward_start_end_runs_only_that_layer(net):
+    conv = net.blobs["conv"]
+    conv.data[:] = np.random.default_rng(1).uniform(size=conv.data.shape).astype(np.float32)
+    out = net.forward(start="ip", end="ip")
+    assert "ip_blob" in out
+    w, bias = net.params["ip"][0].data, net.params["ip"][1].data
+    expected = np.array([w @ conv.data[i].reshape(-1) + bias for i in range(conv.data.shape[0])])
+    np.testing.assert_allclose(net.blobs["ip_blob"].data, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_net_backward_start_end_runs_only_that_layer(net):
+    top_diff = np.random.default_rng(2).uniform(size=net.blobs["ip_blob"].data.shape).astype(np.float32)
+    net.blobs["ip_blob"].diff[:] = top_diff
+    out = net.backward(start="ip", end="ip")
+    assert "conv" in out
+    w = net.params["ip"][0].data
+    conv = net.blobs["conv"]
+    expected = np.array([w.T @ top_diff[i] for i in range(conv.data.shape[0])]).reshape(conv.data.shape)
+    np.testing.assert_allclose(conv.diff, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_net_clear_param_diffs_zeroes_the_arrays_in_place(net):
+    net.forward()
+    net.backward()
+    diff = net.params["conv"][0].diff
+    assert diff.max() > 0
+    net.clear_param_diffs()
+    assert (diff == 0).all()
+
+
+def test_net_inputs_outputs_and_top_bottom_names(net):
+    assert net.inputs == [] and net.outputs == ["loss"]
+    assert net.top_names == OrderedDict([("data", ["data", "label"]), ("conv", ["conv"]), ("ip", ["ip_blob"]),
+                                         ("loss", ["loss"])])
+    assert net.bottom_names == OrderedDict([("data", []), ("conv", ["data"]), ("ip", ["conv"]),
+                                            ("loss", ["ip_blob", "label"])])
+
+
+@pytest.mark.parametrize("how", ["legacy-constructor", "weights-keyword", "copy_from"])
+def test_net_save_and_read(net, tmp_path, how):
+    weights = str(tmp_path / "saved.caffemodel")
+    net.save(weights)
+    prototxt = simple_net_file(tmp_path, NUM_OUTPUT)
+    if how == "legacy-constructor":
+        net2 = caffe.Net(prototxt, weights, caffe.TRAIN)
+    elif how == "weights-keyword":
+        net2 = caffe.Net(prototxt, caffe.TRAIN, weights=weights)
+    else:
+        net2 = caffe.Net(prototxt, caffe.TRAIN)
+        net2.copy_from(weights)
+    assert params_equal(net, net2)
+
+
+@pytest.mark.parametrize("name", ["weights.h5", "no-extension"], ids=["h5-extension", "no-extension"])
+def test_net_save_hdf5_and_load_hdf5(net, tmp_path, name):
+    path = str(tmp_path / name)
+    net.save_hdf5(path)
+    net2 = caffe.Net(simple_net_file(tmp_path, NUM_OUTPUT), caffe.TRAIN)
+    assert not params_equal(net, net2)
+    net2.load_hdf5(path)
+    assert params_equal(net, net2)
+    net3 = caffe.Net(simple_net_file(tmp_path, NUM_OUTPUT), caffe.TRAIN)
+    net3.copy_from(path)  # copy_from knows an HDF5 file by its signature, as Caffe reads .h5 weights
+    assert params_equal(net, net3)
+    assert sorted(os.listdir(tmp_path)) == sorted([name, "simple.prototxt"])  # written atomically: no leftovers
+
+
+def test_net_save_hdf5_writes_caffes_layout(net, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "w.h5"
+    net.save_hdf5(str(path))
+    with h5py.File(path, "r") as f:
+        assert list(f) == ["data"]
+        assert sorted(f["data"]) == ["conv", "data", "ip", "loss"]
+        assert sorted(f["data"]["conv"]) == ["0", "1"] and len(f["data"]["loss"]) == 0
+        assert f["data"]["conv"]["0"].shape == (11, 2, 2, 2) and f["data"]["conv"]["0"].dtype == np.float32
+        np.testing.assert_array_equal(f["data"]["ip"]["1"][()], net.params["ip"][1].data)
+
+
+SHARED_NET = """\
+    layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: 'ip1' type: 'InnerProduct' bottom: 'data' top: 'ip1' param { name: 'w' } param { name: 'b' }
+      inner_product_param { num_output: 3 weight_filler { type: 'gaussian' } bias_filler { type: 'gaussian' } } }
+    layer { name: 'ip2' type: 'InnerProduct' bottom: 'ip1' top: 'ip2' param { name: 'w' } param { name: 'b' }
+      inner_product_param { num_output: 3 } }
+    """
+
+
+def test_net_hdf5_weights_store_a_shared_blob_once_and_load_it_back(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    prototxt = write(tmp_path, "shared.prototxt", SHARED_NET)
+    net = caffe.Net(prototxt, caffe.TEST)
+    net.save_hdf5(str(tmp_path / "w.h5"))
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        assert sorted(f["data"]["ip1"]) == ["0", "1"] and len(f["data"]["ip2"]) == 0
+    other = caffe.Net(prototxt, caffe.TEST)
+    other.load_hdf5(str(tmp_path / "w.h5"))
+    assert params_equal(net, other)
+    assert np.array_equal(other.params["ip2"][0].data, net.params["ip1"][0].data)
+
+
+def test_net_load_hdf5_ignores_unknown_layers_and_refuses_mismatches(net, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("data").create_group("nonexistent").create_dataset("0", data=np.zeros(3, np.float32))
+    before = [p.data.copy() for p in net.params["conv"]]
+    net.load_hdf5(str(path))
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, net.params["conv"]))
+    with h5py.File(path, "w") as f:
+        f.create_group("data").create_group("conv").create_dataset("0", data=np.zeros((11, 2), np.float32))
+    with pytest.raises(caffe.WeightsError, match=r"layer 'conv'; shape mismatch. Source param shape is \(11, 2\)"):
+        net.load_hdf5(str(path))
+    with h5py.File(path, "w") as f:
+        group = f.create_group("data").create_group("conv")
+        for i in range(3):
+            group.create_dataset(str(i), data=np.zeros(1, np.float32))
+    with pytest.raises(caffe.WeightsError, match="Incompatible number of blobs for layer 'conv'"):
+        net.load_hdf5(str(path))
+
+
+@pytest.mark.parametrize("level, expected", [(0, ["NoLevel", "Level0Only", "Level>=0"]),
+                                             (1, ["NoLevel", "Level1Only", "Level>=0", "Level>=1"])],
+                         ids=["level-0", "level-1"])
+def test_net_levels(tmp_path, level, expected):
+    layers = "".join(
+        f"layer {{ name: '{name}' type: 'InnerProduct' bottom: 'data' top: '{name}' {rule} "
+        "inner_product_param { num_output: 1 } }\n"
+        for name, rule in [("NoLevel", ""), ("Level0Only", "include { min_level: 0 max_level: 0 }"),
+                           ("Level1Only", "include { min_level: 1 max_level: 1 }"),
+                           ("Level>=0", "include { min_level: 0 }"), ("Level>=1", "include { min_level: 1 }")])
+    path = write(tmp_path, "levels.prototxt", "layer { name: 'data' type: 'DummyData' top: 'data' "
+                 "dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } } }\n" + layers)
+    net = caffe.Net(path, caffe.TEST, level=level)
+    assert [b for b in net.blobs if "data" not in b] == expected
+
+
+@pytest.mark.parametrize("stages, expected", [(["A"], ["A", "AorB"]), (["B"], ["B", "AorB"]),
+                                              (["A", "B"], ["A", "B", "AorB", "AandB"])],
+                         ids=["stage-A", "stage-B", "stages-A-and-B"])
+def test_net_stages(tmp_path, stages, expected):
+    layers = "".join(
+        f"layer {{ name: '{name}' type: 'InnerProduct' bottom: 'data' top: '{name}' {rule} "
+        "inner_product_param { num_output: 1 } }\n"
+        for name, rule in [("A", "include { stage: 'A' }"), ("B", "include { stage: 'B' }"),
+                           ("AorB", "include { stage: 'A' } include { stage: 'B' }"),
+                           ("AandB", "include { stage: 'A' stage: 'B' }")])
+    path = write(tmp_path, "stages.prototxt", "layer { name: 'data' type: 'DummyData' top: 'data' "
+                 "dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } } }\n" + layers)
+    net = caffe.Net(path, caffe.TEST, stages=stages)
+    assert [b for b in net.blobs if "data" not in b] == expected
+
+
+ALL_IN_ONE = """\
+    layer { name: 'train_data' type: 'DummyData' top: 'data' top: 'label'
+      dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } }
+      include { phase: TRAIN stage: 'train' } }
+    layer { name: 'val_data' type: 'DummyData' top: 'data' top: 'label'
+      dummy_data_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } }
+      include { phase: TEST stage: 'val' } }
+    layer { name: 'deploy_data' type: 'Input' top: 'data'
+      input_param { shape { dim: 1 dim: 1 dim: 10 dim: 10 } } include { phase: TEST stage: 'deploy' } }
+    layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { num_output: 2 } }
+    layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss'
+      include: { phase: TRAIN stage: 'train' } include: { phase: TEST stage: 'val' } }
+    layer { name: 'pred' type: 'Softmax' bottom: 'ip' top: 'pred' include: { phase: TEST stage: 'deploy' } }
+    """
+
+
+@pytest.mark.parametrize("phase, stage, outputs", [(caffe.TRAIN, "train", ["loss"]), (caffe.TEST, "val", ["loss"]),
+                                                   (caffe.TEST, "deploy", ["pred"])],
+                         ids=["train", "val", "deploy"])
+def test_net_all_in_one_prototxt(tmp_path, phase, stage, outputs):
+    net = caffe.Net(write(tmp_path, "all.prototxt", ALL_IN_ONE), phase, stages=[stage])
+    assert list(net.blobs["data"].shape) == [1, 1, 10, 10] and net.outputs == outputs
+
+
+def test_net_memory_data_set_input_arrays(tmp_path):
+    path = write(tmp_path, "memory.prototxt", """\
+        layer { name: 'data' type: 'MemoryData' top: 'data' top: 'label'
+          memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 } }
+        layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { num_output: 1 } }
+        """)
+    net = caffe.Net(path, caffe.TEST)
+    data = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
+    labels = np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1)
+    net.set_input_arrays(data, labels)
+    for batch in range(2):
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["data"].data, data[2 * batch: 2 * batch + 2])
+        np.testing.assert_array_equal(net.blobs["label"].data.ravel(), labels[2 * batch: 2 * batch + 2].ravel())
+
+
+# ================================================================================================ test_net_spec
+def lenet(batch_size, named=True):
+    """BVLC's LeNet in NetSpec, with every layer named after its attribute or (named=False) auto-named."""
+    data, label = L.DummyData(shape=[dict(dim=[batch_size, 1, 28, 28]), dict(dim=[batch_size, 1, 1, 1])],
+                              transform_param=dict(scale=1. / 255), ntop=2)
+    conv1 = L.Convolution(data, kernel_size=5, num_output=20, weight_filler=dict(type="xavier"))
+    pool1 = L.Pooling(conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
+    conv2 = L.Convolution(pool1, kernel_size=5, num_output=50, weight_filler=dict(type="xavier"))
+    pool2 = L.Pooling(conv2, kernel_size=2, stride=2, pool=P.Pooling.MAX)
+    ip1 = L.InnerProduct(pool2, num_output=500, weight_filler=dict(type="xavier"))
+    relu1 = L.ReLU(ip1, in_place=True)
+    ip2 = L.InnerProduct(relu1, num_output=10, weight_filler=dict(type="xavier"))
+    loss = L.SoftmaxWithLoss(ip2, label)
+    if not named:
+        return loss.to_proto()
+    n = caffe.NetSpec()
+    n.data, n.label, n.conv1, n.pool1, n.conv2, n.pool2 = data, label, conv1, pool1, conv2, pool2
+    n.ip1, n.relu1, n.ip2, n.loss = ip1, relu1, ip2, loss
+    return n.to_proto()
+
+
+def load_net(tmp_path, net_proto):
+    return caffe.Net(write(tmp_path, "spec.prototxt", str(net_proto)), caffe.TEST)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "anonymous"])
+def test_net_spec_lenet(tmp_path, named):
+    net_proto = lenet(50, named)
+    assert net_proto.layer[6].bottom == net_proto.layer[6].top  # the ReLU is in place
+    assert len(load_net(tmp_path, net_proto).layers) == 9
+
+
+def test_net_spec_zero_top_layers(tmp_path):
+    n = caffe.NetSpec()
+    n.data, n.data2 = L.DummyData(shape=dict(dim=3), ntop=2)
+    n.silence_data = L.Silence(n.data, ntop=0)
+    n.silence_data2 = L.Silence(n.data2, ntop=0)
+    assert len(load_net(tmp_path, n.to_proto()).forward()) == 0
+
+
+def test_net_spec_type_error_has_pycaffes_wording():
+    data = L.DummyData(ntop=2)
+    with pytest.raises(TypeError) as info:
+        L.Silence(data, ntop=0)
+    assert str(info.value) == "Silence input 0 is not a Top (type is <class 'tuple'>)"  # what scripts match on
+    L.Silence(*data, ntop=0)
+
+
+# ==================================================================================================== test_nccl
+def test_nccl_is_not_in_this_build():
+    assert caffe.has_nccl() is False
+    with pytest.raises(caffe.CaffeError, match="NCCL is not available in this build"):
+        caffe.NCCL(None, "uid")
+    with pytest.raises(caffe.CaffeError, match="NCCL is not available in this build"):
+        caffe.NCCL.new_uid()
+
+
+def test_solver_count_rank_and_multiprocess(monkeypatch):
+    from caffelike.core import runtime
+
+    monkeypatch.setitem(runtime._solvers, "count", 1)
+    monkeypatch.setitem(runtime._solvers, "rank", 0)
+    monkeypatch.setitem(runtime._solvers, "multiprocess", False)
+    assert (caffe.solver_count(), caffe.solver_rank()) == (1, 0)
+    caffe.set_solver_count(2)
+    caffe.set_solver_rank(1)
+    caffe.set_multiprocess(True)
+    assert (caffe.solver_count(), caffe.solver_rank(), runtime.multiprocess()) == (2, 1, True)
+    with pytest.raises(ValueError, match="at least 1"):
+        caffe.set_solver_count(0)
+    with pytest.raises(TypeError, match="takes an integer"):
+        caffe.set_solver_rank(0.5)
+
+
+def test_timer_measures_milliseconds_like_caffes():
+    timer = caffe.Timer()
+    assert timer.ms == 0.0  # never started
+    timer.start()
+    time.sleep(0.02)
+    timer.stop()
+    first = timer.ms
+    assert 15 <= first < 2000
+    time.sleep(0.01)
+    assert timer.ms == first  # stopped: reading does not move it
+    timer.start()
+    assert timer.ms < first  # reading a running timer stops it
+
+
+def test_pycaffe_names_are_exported():
+    for name in ["coord_map", "has_nccl", "NCCL", "Timer", "solver_count", "set_solver_count", "solver_rank",
+                 "set_solver_rank", "set_multiprocess", "layer_type_list"]:
+        assert name in caffe.__all__ and hasattr(caffe, name)
+    assert caffe.coord_map.crop is crop
+
+
+# ============================================================================ test_python_layer (+ param_str)
+PYTHON_LAYERS = '''\
+import caffe
+
+
+class SimpleLayer(caffe.Layer):
+    """Multiplies by ten."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 10 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 10 * top[0].diff
+
+
+class ExceptionLayer(caffe.Layer):
+    def setup(self, bottom, top):
+        raise RuntimeError
+
+
+class ParameterLayer(caffe.Layer):
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[0] = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[0] = 1
+
+
+class PhaseLayer(caffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape()
+
+    def forward(self, bottom, top):
+        top[0].data[()] = self.phase
+
+
+class SimpleParamLayer(caffe.Layer):
+    """Multiplies by the number in its param_str."""
+
+    def setup(self, bottom, top):
+        try:
+            self.value = float(self.param_str)
+        except ValueError:
+            raise ValueError("Parameter string must be a legible float")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.value * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = self.value * top[0].diff
+'''
+
+MODULE = "pycaffe_compat_layers"
+
+
+@pytest.fixture
+def pyfolder(tmp_path, monkeypatch):
+    """A folder on sys.path holding the Python-layer module (and nothing cached under its name)."""
+    folder = tmp_path / "pylayers"
+    folder.mkdir()
+    (folder / f"{MODULE}.py").write_text(PYTHON_LAYERS)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    yield tmp_path
+    sys.modules.pop(MODULE, None)
+
+
+def python_net(folder, *layers, inputs=True):
+    body = "\n".join(f"layer {{ type: 'Python' name: '{name}' {f'bottom: {bottom!r}' if bottom else ''} "
+                     f"top: '{top}' python_param {{ module: '{MODULE}' layer: '{cls}' {extra} }} }}"
+                     for name, bottom, top, cls, extra in layers)
+    head = "input: 'data' input_shape { dim: 10 dim: 9 dim: 8 }\n" if inputs else ""
+    return write(folder, "python.prototxt", "name: 'pythonnet' force_backward: true\n" + head + body)
+
+
+def times_ten_chain(folder, phase=caffe.TRAIN):
+    return caffe.Net(python_net(folder, ("one", "data", "one", "SimpleLayer", ""),
+                                ("two", "one", "two", "SimpleLayer", ""),
+                                ("three", "two", "three", "SimpleLayer", "")), phase)
+
+
+def test_python_layer_forward(pyfolder):
+    net = times_ten_chain(pyfolder)
+    net.blobs["data"].data[...] = 8
+    net.forward()
+    assert np.all(net.blobs["three"].data == 8000)
+
+
+def test_python_layer_backward_without_a_forward_first(pyfolder):
+    net = times_ten_chain(pyfolder)
+    net.blobs["three"].diff[...] = 7
+    net.backward()
+    assert np.all(net.blobs["data"].diff == 7000)
+
+
+def test_python_layer_reshape(pyfolder):
+    net = times_ten_chain(pyfolder)
+    net.blobs["data"].reshape(4, 4, 4, 4)
+    net.forward()
+    for blob in net.blobs.values():
+        assert blob.data.shape == (4, 4, 4, 4)
+
+
+def test_python_layer_exception_in_setup_is_a_runtime_error(pyfolder):
+    with pytest.raises(RuntimeError):
+        caffe.Net(python_net(pyfolder, ("layer", "data", "top", "ExceptionLayer", "")), caffe.TEST)
+
+
+def test_python_layer_parameter_blobs_save_load_and_share(pyfolder, tmp_path):
+    path = python_net(pyfolder, ("layer", "data", "top", "ParameterLayer", ""))
+    net = caffe.Net(path, caffe.TRAIN)
+    net.forward()
+    net.backward()
+    layer = net.layers[list(net._layer_names).index("layer")]
+    assert layer.blobs[0].data[0] == 0 and layer.blobs[0].diff[0] == 1
+    layer.blobs[0].data[0] += layer.blobs[0].diff[0]
+    assert layer.blobs[0].data[0] == 1
+    weights = str(tmp_path / "python.caffemodel")
+    net.save(weights)
+    layer.blobs[0].data[0] = -1
+    net.copy_from(weights)
+    assert layer.blobs[0].data[0] == 1
+    net2 = caffe.Net(path, caffe.TRAIN)
+    net2.share_with(net)
+    assert net2.layers[list(net2._layer_names).index("layer")].blobs[0].data[0] == 1
+
+
+@pytest.mark.parametrize("phase", [caffe.TRAIN, caffe.TEST], ids=["TRAIN", "TEST"])
+def test_python_layer_phase(pyfolder, phase):
+    net = caffe.Net(python_net(pyfolder, ("layer", None, "phase", "PhaseLayer", ""), inputs=False), phase)
+    assert net.forward()["phase"] == phase
+
+
+@pytest.fixture
+def param_str_net(pyfolder):
+    return caffe.Net(python_net(pyfolder, ("mul10", "data", "mul10", "SimpleParamLayer", "param_str: '10'"),
+                                ("mul2", "mul10", "mul2", "SimpleParamLayer", "param_str: '2'")), caffe.TRAIN)
+
+
+def test_python_layer_with_param_str_forward(param_str_net):
+    param_str_net.blobs["data"].data[...] = 8
+    param_str_net.forward()
+    assert np.all(param_str_net.blobs["mul2"].data == 2 * 10 * 8)
+
+
+def test_python_layer_with_param_str_backward(param_str_net):
+    param_str_net.blobs["mul2"].diff[...] = 7
+    param_str_net.backward()
+    assert np.all(param_str_net.blobs["data"].diff == 2 * 10 * 7)
+
+
+# ================================================================================================== test_solver
+@pytest.fixture
+def solver(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    net_file = simple_net_file(tmp_path, NUM_OUTPUT)
+    solver_file = write(tmp_path, "solver.prototxt", f"""\
+        net: '{net_file}'
+        test_iter: 10 test_interval: 10 base_lr: 0.01 momentum: 0.9
+        weight_decay: 0.0005 lr_policy: 'inv' gamma: 0.0001 power: 0.75
+        display: 100 max_iter: 100 snapshot_after_train: false
+        snapshot_prefix: "model"
+        """)
+    solver = caffe.SGDSolver(solver_file)
+    caffe.get_solver(solver_file)  # also make sure get_solver runs
+    caffe.set_mode_cpu()
+    rng = np.random.default_rng(3)
+    for net in [solver.net, solver.test_nets[0]]:
+        net.blobs["label"].data[...] = rng.integers(NUM_OUTPUT, size=net.blobs["label"].data.shape)
+    return solver
+
+
+def test_solver_solve_runs_max_iter(solver):
+    assert solver.iter == 0
+    solver.solve()
+    assert solver.iter == 100
+
+
+def test_solver_apply_update_uses_the_base_lr(solver):
+    net = solver.net
+    data = net.layers[1].blobs[0].data[...]
+    data[...] = 0
+    net.layers[1].blobs[0].diff[...] = 1
+    solver.apply_update()
+    assert (data - -0.01 * np.ones(data.shape)).max() < 1e-7
+
+
+def test_solver_nets_outlive_the_solver(solver):
+    nets = [solver.net] + list(solver.test_nets)
+    assert len(nets) == 2
+    del solver
+    total = 0.0
+    for net in nets:
+        for ps in net.params.values():
+            total += sum(float(p.data.sum() + p.diff.sum()) for p in ps)
+        total += sum(float(b.data.sum() + b.diff.sum()) for b in net.blobs.values())
+    assert np.isfinite(total)
+
+
+def test_solver_snapshot_writes_model_and_state(solver, tmp_path):
+    solver.snapshot()
+    assert (tmp_path / "model_iter_0.caffemodel").is_file() and (tmp_path / "model_iter_0.solverstate").is_file()
+
+
+# ============================================================================== scripts/run_bvlc_pycaffe_tests.py
+def run_script(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_runner_refuses_a_folder_without_pycaffe_tests(tmp_path):
+    result = run_script(str(tmp_path))
+    assert result.returncode == 2
+    assert (f"{tmp_path} is not a Caffe source tree: it has no python/caffe/test folder" in result.stderr)
+    missing = run_script(str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+FAKE_SUITE = '''\
+import unittest
+
+import caffe
+import caffe.draw
+import caffelike
+import six
+from caffe import layers as L
+from caffe.coord_map import crop
+from caffe.net_spec import Top
+from caffe.proto import caffe_pb2
+
+
+class TestAlias(unittest.TestCase):
+    def test_the_modules_are_caffelikes_own(self):
+        import caffelike.coord_map
+        import caffelike.net_spec
+        self.assertIs(caffe, caffelike)
+        self.assertIs(caffe.draw, caffelike.draw)
+        self.assertIs(caffe_pb2, caffelike.proto.caffe_pb2)
+        self.assertIs(crop, caffelike.coord_map.crop)
+        self.assertIs(Top, caffelike.net_spec.Top)
+        self.assertIsInstance(L.ReLU(L.Input()), Top)
+        self.assertEquals(list(six.itervalues({"a": 1})), [1])
+
+    def test_a_missing_submodule_fails_to_import(self):
+        with self.assertRaises(ImportError):
+            import caffe.no_such_module  # noqa: F401
+'''
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["passing-suite", "failing-suite"])
+def test_runner_runs_a_suite_with_caffe_resolved_to_caffelike(tmp_path, failing):
+    tests = tmp_path / "caffe" / "python" / "caffe" / "test"
+    tests.mkdir(parents=True)
+    suite = FAKE_SUITE + ("\n    def test_fails(self):\n        self.assertEqual(1, 2)\n" if failing else "")
+    (tests / "test_alias.py").write_text(suite)
+    result = run_script(str(tmp_path / "caffe"), "-v", cwd=tmp_path)
+    assert result.returncode == (1 if failing else 0), result.stderr
+    assert re.search(r"test_the_modules_are_caffelikes_own \(.*\) \.\.\. ok", result.stderr), result.stderr
+    assert os.listdir(tmp_path) == ["caffe"]  # the tests ran in a temporary working directory
