@@ -8,21 +8,11 @@ import tempfile
 
 def atomic_write(path: str, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write_with(path, write)
 
 
 def atomic_write_with(path: str, write, suffix: str = "") -> None:
@@ -34,7 +24,7 @@ def atomic_write_with(path: str, write, suffix: str = "") -> None:
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -1,5 +1,6 @@
 """The net: Caffe's NetState rules (`netstate`), Split insertion (`splits`), the torch graph built from a
-NetParameter (`graph`), and pycaffe's `Net` on top of it (`net`, with `batching` for forward_all).
+NetParameter (`graph`, with `backward_plan` deciding which gradients it computes), and pycaffe's `Net` on top of
+it (`net`, with `batching` for forward_all).
 
 The names below are the room's public face; other rooms import them from `caffelike.net`, never from the
 modules behind it.

@@ -25,6 +25,7 @@ from caffelike.core.blob import Blob, HostSync, ParamBlob
 from caffelike.errors import CaffeError, LayerError, PrototxtError, shape_str
 from caffelike.layers import layer_class
 from caffelike.layers.base import Layer
+from caffelike.net.backward_plan import plan_backward
 from caffelike.net.netstate import filter_net, make_state
 from caffelike.net.splits import insert_splits
 from caffelike.proto import caffe_pb2
@@ -173,7 +174,7 @@ class NetGraph(nn.Module):
         for name in self.blobs:
             self.blob_loss_weights.setdefault(name, 0.0)
         self.blob_loss_weights = OrderedDict((n, self.blob_loss_weights[n]) for n in self.blobs)
-        self._plan_backward()
+        plan_backward(self)
         self.outputs = sorted(available)  # Caffe iterates a std::set: outputs come out sorted by name
 
     def _top_shapes(self, layer: Layer, bottom_shapes) -> list[tuple]:
@@ -233,63 +234,6 @@ class NetGraph(nn.Module):
                         setattr(entry, field_name, getattr(spec, field_name))
             layer.blobs[i] = owner_param
         return need_backward
-
-    def _plan_backward(self) -> None:
-        """Caffe drops backward for layers that do not reach a loss, then applies force_backward."""
-        under_loss: set[str] = set()
-        skip: set[str] = set()
-        for layer, plan in zip(reversed(self._layers), reversed(self.plans)):
-            contributes, skip_down = False, True
-            for t, w in zip(plan.tops, plan.loss_weights):
-                if w != 0 or t in under_loss:
-                    contributes = True
-                if t not in skip:
-                    skip_down = False
-            if plan.need_backward and skip_down:
-                plan.need_backward = False
-                plan.bottom_need_backward = [False] * len(plan.bottoms)
-            if not contributes:
-                plan.need_backward = False
-            for j, b in enumerate(plan.bottoms):
-                if contributes:
-                    under_loss.add(b)
-                else:
-                    plan.bottom_need_backward[j] = False
-                if not plan.bottom_need_backward[j]:
-                    skip.add(b)
-        if self.force_backward:
-            for layer, plan in zip(self._layers, self.plans):
-                plan.need_backward = True
-                plan.bottom_need_backward = [nb or layer.allow_force_backward(j)
-                                             for j, nb in enumerate(plan.bottom_need_backward)]
-                plan.param_propagate_down = [True] * len(plan.param_propagate_down)
-        self._refuse_impossible_gradients()
-        # A parameter carries autograd history only where Caffe would compute its diff (lr_mult != 0, or
-        # force_backward); a shared Parameter does when any of its users does.
-        wants: dict[int, bool] = {}
-        for layer, plan in zip(self._layers, self.plans):
-            for p, down in zip(layer.blobs, plan.param_propagate_down):
-                wants[id(p)] = wants.get(id(p), False) or (down and not getattr(p, "caffe_frozen", False))
-        for p in self.parameters():
-            p.requires_grad_(wants.get(id(p), False))
-
-    def _refuse_impossible_gradients(self) -> None:
-        """Caffe's Backward aborts when a layer is asked for a gradient it cannot give (a label, an index, a layer
-        without backward); here such a net is refused when it is built, naming the layer, the bottom and why."""
-        for layer, plan, lp in zip(self._layers, self.plans, self.net_param.layer):
-            if not plan.need_backward:
-                continue
-            for j, needed in enumerate(plan.bottom_need_backward):
-                reason = layer.gradient_refusal(j, len(plan.bottoms)) if needed else None
-                if reason is None:
-                    continue
-                if lp.propagate_down and lp.propagate_down[j]:
-                    why = f"propagate_down is true for bottom {j}"
-                elif self.force_backward:
-                    why = "force_backward: true asks every layer for its bottoms' gradients"
-                else:
-                    why = "a layer below it has learnable parameters, so the net needs that gradient"
-                layer.fail(f'{reason}: bottom {j} "{plan.bottoms[j]}" cannot get a gradient, but {why}')
 
     # -------------------------------------------------------------------------------------------- module plumbing
     def _apply(self, fn, recurse=True):

@@ -19,7 +19,12 @@ from caffelike.core.blob import Blob
 from caffelike.errors import CaffeError, shape_str
 from caffelike.format.prototxt import read_net
 from caffelike.format.weights import (
-    copy_trained_layers, is_hdf5, load_hdf5_weights, read_caffemodel, save_caffemodel, write_hdf5_weights,
+    copy_trained_layers,
+    is_hdf5,
+    load_hdf5_weights,
+    read_caffemodel,
+    save_caffemodel,
+    write_hdf5_weights,
 )
 from caffelike.net.graph import NetGraph
 from caffelike.proto import caffe_pb2
