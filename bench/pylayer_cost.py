@@ -67,7 +67,8 @@ def build(variant: str, batch: int):
     from caffelike.net.graph import NetGraph
 
     torch.manual_seed(1701)  # the fillers: every variant starts from the same weights
-    return NetGraph(net_param(variant, batch), caffe_pb2.TRAIN, stages=("train",), source=zoo.path(*PROTOTXT))
+    return NetGraph(net_param(variant, batch), caffe_pb2.TRAIN, stages=("train",), source=zoo.path(*PROTOTXT),
+                    trust_python=True)  # the zoo's own BlankSquare module, beside its prototxt
 
 
 def digits(batch: int) -> tuple[torch.Tensor, torch.Tensor]:

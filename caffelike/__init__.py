@@ -8,9 +8,17 @@ The package face only: the rooms behind it are format/ (Caffe's files), core/ (b
 data/ (Datum, LMDB, transformer, prefetch), caffelike.layers (the layer library), net/, train/, digits/ and cli/.
 docs/architecture.md draws them.
 """
+import os as _os
 import pathlib as _pathlib
+import signal as _signal
+import sys as _sys
 
-from caffelike import _source_tree
+if _os.path.basename(_sys.argv[0]) == "caffelike" or getattr(_sys, "orig_argv", [])[1:3] == ["-m", "caffelike"]:
+    # The `caffelike` command: a Ctrl-C while torch loads ends it quietly with 130, as Caffe's binary would
+    # end; cli.main puts Python's own handler back once the command runs.
+    _signal.signal(_signal.SIGINT, lambda *_: _os._exit(130))
+
+from caffelike import _source_tree  # noqa: E402
 
 _source_tree.install(_pathlib.Path(__file__).resolve().parent)  # before the first caffelike.proto import
 

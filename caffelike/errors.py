@@ -17,6 +17,11 @@ class WeightsError(CaffeError):
     """A .caffemodel that is missing, truncated, or does not fit the net."""
 
 
+class OutputError(CaffeError, OSError):
+    """A file caffelike was asked to write cannot be written (a missing folder, no permission, a full disk).
+    Also an OSError, so code that handles failed writes keeps handling it."""
+
+
 def shape_str(shape) -> str:
     """A shape the way every caffelike message spells it: `(2, 3, 4, 5)`."""
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"

@@ -12,12 +12,14 @@ change state (BatchNorm's running averages, data cursors) must leave its state a
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 from caffelike.proto import caffe_pb2
 from torch import nn
 
+from caffelike.core.memory import oversized
 from caffelike.errors import LayerError, shape_str  # noqa: F401  (the layers' import of it)
 
 _REGISTRY: dict[str, type["Layer"]] = {}
@@ -37,11 +39,14 @@ def register(type_name: str) -> Callable[[type["Layer"]], type["Layer"]]:
     return deco
 
 
-def layer_class(type_name: str) -> type["Layer"]:
+def layer_class(type_name: str, where: str = "") -> type["Layer"]:
+    """The class registered for `type_name`; `where` (the file and the layer's name) prefixes the error."""
     try:
         return _REGISTRY[type_name]
     except KeyError:
-        raise LayerError(f"Unknown layer type: {type_name!r} (known types: {', '.join(layer_type_list())})") from None
+        at = f"{where}: " if where else ""
+        raise LayerError(f"{at}Unknown layer type: {type_name!r} (known types: {', '.join(layer_type_list())})") \
+            from None
 
 
 def layer_type_list() -> list[str]:
@@ -57,6 +62,10 @@ def is_compiling() -> bool:
 
 def is_meta(t: torch.Tensor) -> bool:
     return t.device.type == "meta"
+
+
+_SHAPES: dict[tuple, tuple] = {}  # Layer._shape_key -> top shapes
+_SHAPES_MAX = 100_000
 
 
 class Layer(nn.Module):
@@ -132,7 +141,29 @@ class Layer(nn.Module):
 
     def infer_top_shapes(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """Top shapes for these bottom shapes (Caffe's Reshape), by a forward pass on meta tensors.  The blobs
-        are swapped for meta stand-ins meanwhile, so forward code never meets a mix of meta and real tensors."""
+        are swapped for meta stand-ins meanwhile, so forward code never meets a mix of meta and real tensors.
+        The answer is remembered for layers that differ only in names (the repeated blocks of a deep net): a
+        meta pass costs milliseconds, which a net of thousands of layers would otherwise pay for each."""
+        key = self._shape_key(bottom_shapes)
+        if key in _SHAPES:
+            return list(_SHAPES[key])
+        tops = self._meta_top_shapes(bottom_shapes)
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[key] = tuple(tops)
+        return tops
+
+    def _shape_key(self, bottom_shapes) -> tuple:
+        param = caffe_pb2.LayerParameter()
+        param.CopyFrom(self.param)
+        for field in ("name", "bottom", "top", "loss_weight", "param", "blobs", "propagate_down", "include",
+                      "exclude"):
+            param.ClearField(field)
+        return (type(self), param.SerializeToString(deterministic=True), self.phase,
+                tuple(tuple(int(d) for d in s) for s in bottom_shapes),
+                tuple((tuple(p.shape), p.dtype) for p in self.blobs))
+
+    def _meta_top_shapes(self, bottom_shapes) -> list[tuple[int, ...]]:
         dtype = self.blobs[0].dtype if len(self.blobs) else torch.float32
         bottoms = [torch.empty(s, dtype=dtype, device="meta") for s in bottom_shapes]
         real = list(self.blobs)
@@ -157,13 +188,43 @@ class Layer(nn.Module):
         """Append a blob of `shape`, filled by `filler` (Caffe's default filler is constant 0)."""
         from caffelike.core.fillers import fill
 
-        if constant is not None:
-            data = torch.full(tuple(shape), float(constant))
-        else:
-            data = fill(tuple(int(d) for d in shape), filler if filler is not None else caffe_pb2.FillerParameter())
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            self.fail(f"parameter blob {len(self.blobs)} would have a negative dimension {shape_str(shape)}")
+        problem = oversized(shape)
+        if problem:
+            self.fail(f"cannot allocate parameter blob {len(self.blobs)} of shape {shape_str(shape)}: it {problem}")
+        if constant is None:
+            filler = filler if filler is not None else caffe_pb2.FillerParameter()
+            self.check_filler(filler, shape, f"parameter blob {len(self.blobs)}")
+        try:
+            if constant is not None:
+                data = torch.full(shape, float(constant))
+            else:
+                data = fill(shape, filler)
+        except LayerError as e:  # the filler's own refusal (a bilinear filler on a 2-D blob): name the layer
+            self.fail(f"parameter blob {len(self.blobs)}: {e}")
+        except (RuntimeError, MemoryError) as e:
+            size = math.prod(shape) * 4
+            self.fail(f"cannot allocate parameter blob {len(self.blobs)} of shape {shape_str(shape)} "
+                      f"({size:,} bytes as float32): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         p = nn.Parameter(data)
         self.blobs.append(p)
         return p
+
+    def check_filler(self, filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], what: str) -> None:
+        """Refuse a FillerParameter that Caffe's fillers CHECK-fail on (or that would divide by a zero fan),
+        naming the layer, the blob and the field, before torch meets it."""
+        kinds = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
+        where = f"{what}: filler type {filler.type!r}"
+        if filler.type not in kinds:
+            self.fail(f"{what}: Unknown filler name: {filler.type!r} (known: {', '.join(kinds)})")
+        if filler.type == "uniform" and not filler.min <= filler.max:
+            self.fail(f"{where} needs min <= max, got min {filler.min:g} and max {filler.max:g}")
+        if filler.type == "gaussian" and not filler.std >= 0:
+            self.fail(f"{where} needs std >= 0, got {filler.std:g}")
+        if filler.type in ("xavier", "msra") and count(shape) == 0:
+            self.fail(f"{where} cannot fill a blob of shape {shape_str(shape)}: its fan-in/fan-out is 0")
 
     def optional(self, path: str):
         """The optional field at `path` under the layer's parameter (e.g. "loss_param.ignore_label"), or None

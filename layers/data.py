@@ -198,6 +198,18 @@ class Data(_Prefetching):
     def _build(self, job):
         return self._batch(job, self._read)
 
+    def skip_batches(self, n: int) -> None:
+        """Before the first batch is asked for (a resumed run), skipping costs O(records), not O(n): the cursor
+        moves n * batch_size records modulo the database's size; the random draws are consumed batch by batch,
+        as reading would consume them."""
+        if self._prefetcher is not None and self._prefetcher.issued:
+            return super().skip_batches(n)
+        self.db.skip(n * self.batch_size)
+        if self.transformer.rng is not None:
+            for _ in range(n):
+                self.transformer.draw(self.batch_size)
+        self.batches_served += n
+
     def close(self) -> None:
         super().close()
         if getattr(self, "db", None) is not None:

@@ -223,6 +223,10 @@ class DummyData(_Source):
             shapes = [tuple(int(d) for d in p.shape[i if len(p.shape) > 1 else 0].dim) for i in range(n)]
         self._shapes = shapes
         self.fillers = [fillers[i if len(fillers) > 1 else 0] for i in range(n)]
+        for i, (shape, filler) in enumerate(zip(shapes, self.fillers)):
+            if any(d < 0 for d in shape):
+                self.fail(f"top {i} ({self.param.top[i]!r}) would have a negative dimension {shape_str(shape)}")
+            self.check_filler(filler, shape, f"data_filler of top {i} ({self.param.top[i]!r})")
         from caffelike.core.fillers import fill
 
         for i, (shape, filler) in enumerate(zip(shapes, self.fillers)):

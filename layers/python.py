@@ -2,17 +2,21 @@
 
 The module `python_param.module` is imported (searched on the prototxt's folder, the working directory, the
 folders given to `add_python_path` / `--python-path`, then sys.path, which holds PYTHONPATH) and
-`python_param.layer` instantiated.  A pycaffe layer (a `caffe.Layer` subclass) gets `param_str` and `phase`
+`python_param.layer` instantiated.  The first two are folders caffelike searches on its own, where a downloaded
+model keeps its code: a module found only there is imported with consent alone (`trust_python=True`, the
+command line's --trust-model-dir or CAFFELIKE_TRUST_MODEL_DIR=1), otherwise the net fails naming the file, as
+BVLC Caffe searched sys.path only.  A pycaffe layer (a `caffe.Layer` subclass) gets `param_str` and `phase`
 before `setup(bottom, top)`, `reshape` before every `forward`, and `backward(top, propagate_down, bottom)` when
 the net needs it; it sees host numpy arrays, so on CUDA only its own bottoms and tops are copied.  Blobs it adds
 with `self.blobs.add_blob(*shape)` are real parameters of the net.  A `caffelike.TorchLayer` subclass instead
-runs on device tensors with autograd.  Exceptions in user code become LayerErrors (RuntimeErrors) naming the
-layer, with the user's traceback.
+runs on device tensors with autograd.  Exceptions in user code, and sys.exit, become LayerErrors (RuntimeErrors)
+naming the layer, with the user's traceback.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
 import os
 import sys
 import traceback
@@ -26,8 +30,12 @@ from torch import nn
 from caffelike.core.blob import ParamBlob
 from caffelike.errors import LayerError
 
-EXTRA_PATHS: list[str] = []  # --python-path folders
-_NET_DIR: list[str] = []     # the folder of the prototxt being built (set by the net while it builds)
+EXTRA_PATHS: list[str] = []  # --python-path folders: named by the user, so searched without asking
+_NET_DIR: list[tuple[str, bool]] = []  # (the folder of the prototxt being built, whether its code may run)
+_FROM_MODEL_DIRS: dict[str, str] = {}  # top-level modules imported from a model's folder with consent -> file
+TRUST_ENV = "CAFFELIKE_TRUST_MODEL_DIR"
+HOW_TO_TRUST = ("pass --trust-model-dir to caffelike train/test/time/classify, trust_python=True to caffe.Net(...) "
+                f"or Solver(...), or set {TRUST_ENV}=1")
 
 
 def add_python_path(folder: str) -> None:
@@ -37,46 +45,96 @@ def add_python_path(folder: str) -> None:
         EXTRA_PATHS.append(folder)
 
 
+def env_trusts_model_dir() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @contextlib.contextmanager
-def net_folder(folder: str | None):
-    """While a net builds, its prototxt's folder is searched first for Python-layer modules."""
-    _NET_DIR.append(os.path.abspath(folder) if folder else "")
+def net_folder(folder: str | None, trust: bool = False):
+    """While a net builds, its prototxt's folder (then the working directory) is searched first for Python-layer
+    modules, if `trust` or CAFFELIKE_TRUST_MODEL_DIR=1 lets the model's own code run."""
+    _NET_DIR.append((os.path.abspath(folder) if folder is not None else "", bool(trust)))
     try:
         yield
     finally:
         _NET_DIR.pop()
 
 
-def _search_dirs() -> list[str]:
-    dirs = [d for d in _NET_DIR[-1:] if d] + [os.getcwd()] + EXTRA_PATHS
-    seen, out = set(), []
-    for d in dirs:
-        if d not in seen:
-            seen.add(d)
-            out.append(d)
-    return out
+def _model_dirs() -> list[str]:
+    """The folders caffelike searches on its own: the prototxt's folder and the working directory."""
+    return list(dict.fromkeys([d for d, _ in _NET_DIR[-1:] if d] + [os.getcwd()]))
+
+
+def _trusted() -> bool:
+    return bool(_NET_DIR and _NET_DIR[-1][1]) or env_trusts_model_dir()
+
+
+def _on_chosen_path(folder: str) -> bool:
+    """Whether `folder` is one the user put on the search path (sys.path, PYTHONPATH, --python-path)."""
+    return folder in {os.path.abspath(p or os.curdir) for p in [*sys.path, *EXTRA_PATHS] if isinstance(p, str)}
+
+
+def _module_folder(mod) -> tuple[str | None, str | None]:
+    """(file, the folder it was found in) of a top-level module; a package's folder is its parent's."""
+    file = getattr(mod, "__file__", None)
+    if not file:
+        return None, None
+    folder = os.path.dirname(os.path.abspath(file))
+    if os.path.splitext(os.path.basename(file))[0] == "__init__":
+        folder = os.path.dirname(folder)
+    return file, folder
+
+
+def _refuse(where: str, file: str, folder: str):
+    place = "the model's folder" if _NET_DIR and folder == _NET_DIR[-1][0] else "the working directory"
+    raise LayerError(f"{where} would import {file} from {place}: that runs the model's own code, which caffelike "
+                     "does only with consent (BVLC Caffe searched sys.path/PYTHONPATH alone). To allow it, "
+                     f"{HOW_TO_TRUST} (or put its folder on PYTHONPATH or --python-path)")
 
 
 def import_layer_class(module: str, name: str, where: str):
     alias_caffe()
-    dirs = _search_dirs()
+    trust = _trusted()
+    model_dirs = _model_dirs()
+    dirs = list(dict.fromkeys((model_dirs if trust else []) + EXTRA_PATHS))
+    layer = f"{where} ({module}.{name})"
+    top = module.partition(".")[0]
+    if not trust and top in _FROM_MODEL_DIRS:  # a trusted net imported it from its folder earlier on
+        file, folder = _module_folder(sys.modules.get(top))
+        if file == _FROM_MODEL_DIRS[top] and not _on_chosen_path(folder):
+            _refuse(layer, file, folder)
     added = [d for d in dirs if d not in sys.path]
     sys.path[:0] = added
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name != module:
+        if e.name != module and not module.startswith(f"{e.name}."):
             raise LayerError(f"{where}: importing module '{module}' failed: {e}\n{traceback.format_exc()}") from e
-        raise LayerError(f"{where}: cannot find Python module '{module}' (searched {', '.join(dirs)} and "
+        for folder in [] if trust or e.name != top else model_dirs:
+            spec = importlib.machinery.PathFinder.find_spec(top, [folder])
+            if spec is not None:
+                _refuse(layer, spec.origin if spec.has_location else os.path.join(folder, top), folder)
+        searched = dirs + [f"{d} (needs consent)" for d in model_dirs if d not in dirs]
+        raise LayerError(f"{where}: cannot find Python module '{module}' (searched {', '.join(searched)} and "
                          "sys.path/PYTHONPATH; add its folder with --python-path or PYTHONPATH)") from None
+    except SystemExit as e:
+        raise LayerError(f"{where}: importing module '{module}' called {exit_call(e)}") from None
     except Exception as e:
         raise LayerError(f"{where}: importing module '{module}' raised {e!r}\n{traceback.format_exc()}") from e
     finally:
         for d in added:
             sys.path.remove(d)
+    file, folder = _module_folder(sys.modules.get(top))
+    if trust and folder in model_dirs and not _on_chosen_path(folder):
+        _FROM_MODEL_DIRS[top] = file
     if not hasattr(mod, name):
         raise LayerError(f"{where}: module '{module}' ({getattr(mod, '__file__', '?')}) has no class '{name}'")
     return getattr(mod, name)
+
+
+def exit_call(e: SystemExit) -> str:
+    """How the user's code ended the interpreter: `sys.exit(3)`, `sys.exit('bye')` or `sys.exit()`."""
+    return "sys.exit()" if e.code is None else f"sys.exit({e.code!r})"
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -137,6 +195,8 @@ class PythonLayer(Layer):
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         try:
             user = cls() if self.torch_native else cls(param)
+        except SystemExit as e:
+            self._user_exit("constructing the layer", e)
         except Exception as e:
             self._user_error("constructing the layer", e)
         user.param_str = p.param_str
@@ -157,6 +217,10 @@ class PythonLayer(Layer):
         raise LayerError(f"{self.where} raised {type(e).__name__} in {what}: {e}\n"
                          f"{''.join(traceback.format_exception(type(e), e, e.__traceback__))}") from e
 
+    def _user_exit(self, what: str, e: SystemExit):
+        """sys.exit in a layer would end the whole run silently with its code; say who called it instead."""
+        raise LayerError(f"{self.where} called {exit_call(e)} in {what}") from None
+
     def new_param_blob(self, shape) -> None:
         """BlobVec.add_blob: a zero-filled learnable blob, visible to the user as a Blob over the parameter."""
         self.blobs.append(nn.Parameter(torch.zeros(shape, device=self.device)))
@@ -172,6 +236,8 @@ class PythonLayer(Layer):
             return fn(*args)
         except LayerError:
             raise
+        except SystemExit as e:
+            self._user_exit(what, e)
         except Exception as e:
             self._user_error(what, e)
 

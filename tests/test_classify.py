@@ -268,17 +268,23 @@ class ByteScale(caffe.Layer):
 '''
 
 
+def python_layer_model(module: str) -> str:
+    """Zoo LeNet with a Python layer scaling its input by 1/256 (ByteScale in `module`) before conv1."""
+    text = pathlib.Path(MODEL).read_text()
+    text = text.replace('  bottom: "data"\n  top: "conv1"', '  bottom: "scaled"\n  top: "conv1"')
+    text = text.replace('layer {\n  name: "conv1"', 'layer {\n  name: "scale"\n  type: "Python"\n  bottom: "data"\n'
+                        f'  top: "scaled"\n  python_param {{ module: "{module}" layer: "ByteScale" }}\n}}\n'
+                        'layer {\n  name: "conv1"', 1)
+    assert '"scaled"' in text
+    return text
+
+
 def test_cli_python_path_reaches_python_layers(tmp_path, capsys):
     layers, nets = tmp_path / "layers", tmp_path / "nets"
     layers.mkdir()
     nets.mkdir()
     (layers / "classify_test_layers.py").write_text(PYTHON_LAYER)
-    text = pathlib.Path(MODEL).read_text()
-    text = text.replace('  bottom: "data"\n  top: "conv1"', '  bottom: "scaled"\n  top: "conv1"')
-    text = text.replace('layer {\n  name: "conv1"', 'layer {\n  name: "scale"\n  type: "Python"\n  bottom: "data"\n'
-                        '  top: "scaled"\n  python_param { module: "classify_test_layers" layer: "ByteScale" }\n}\n'
-                        'layer {\n  name: "conv1"', 1)
-    assert '"scaled"' in text
+    text = python_layer_model("classify_test_layers")
     model = nets / "deploy.prototxt"
     model.write_text(text)
     image, _ = save_digit(tmp_path, 4500)
@@ -293,6 +299,21 @@ def test_cli_python_path_reaches_python_layers(tmp_path, capsys):
     assert 'id="blob-scaled"' in (out / "report.html").read_text()
     with Image.open(out / "blobs" / "scaled.png") as im:
         assert im.mode == "RGB"  # not the input: a heat map, as DIGITS shows its "scaled" blob
+
+
+def test_cli_runs_a_module_beside_the_model_only_with_trust_model_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(python_layer_model("classify_beside_layers"))
+    (tmp_path / "classify_beside_layers.py").write_text(PYTHON_LAYER)
+    image, _ = save_digit(tmp_path, 4500)
+    assert main(["classify", "--model", str(model), "--weights", WEIGHTS, image]) == 1
+    err = capsys.readouterr().err
+    assert (f'Python layer "scale" (classify_beside_layers.ByteScale) would import '
+            f"{tmp_path / 'classify_beside_layers.py'} from the model's folder") in err
+    assert "--trust-model-dir" in err
+    assert main(["classify", "--model", str(model), "--weights", WEIGHTS, "--trust-model-dir", image]) == 0
+    assert re.search(r"^ +1\. 9 ", capsys.readouterr().out, re.M)
 
 
 # ------------------------------------------------------------------------------------------------- screenshot

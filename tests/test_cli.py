@@ -1,5 +1,8 @@
 """The `caffelike` command: Caffe's verbs, flag spellings and log lines."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,3 +91,102 @@ def test_digits_pretrained_scores_the_shipped_weights(capsys):
     accuracy = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
     assert accuracy > 0.95, out
     assert zoo.path("lenet", "lenet.prototxt") in out
+
+
+# ------------------------------------------------------------------------ Python layers from the model's folder
+TRUST = "CAFFELIKE_TRUST_MODEL_DIR"
+MARKED = """
+import pathlib
+
+import caffe
+
+pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
+
+
+class Ten(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 10 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 10 * top[0].diff
+"""
+
+
+def python_model(tmp_path, module):
+    """A downloaded model's folder: NET with a Python layer whose module, beside the prototxt, leaves
+    `<module>.imported` there when it is imported."""
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / f"{module}.py").write_text(MARKED)
+    layer = f'layer {{ name: "ten" type: "Python" bottom: "x" top: "x10" python_param {{ module: "{module}" ' \
+            'layer: "Ten" } }\n'
+    text = NET.replace('bottom: "x" top: "y"', 'bottom: "x10" top: "y"').replace('layer { name: "ip"',
+                                                                                  layer + 'layer { name: "ip"')
+    (folder / "net.prototxt").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("verb", ["test", "time"])
+def test_net_verbs_refuse_the_model_folders_code_without_consent(tmp_path, capsys, monkeypatch, verb):
+    monkeypatch.delenv(TRUST, raising=False)
+    module = f"cli_refused_{verb}"
+    folder = python_model(tmp_path, module)
+    assert main([verb, "--model", str(folder / "net.prototxt"), "--iterations", "1"]) == 1
+    err = capsys.readouterr().err
+    assert (f'caffelike {verb}: error: Python layer "ten" ({module}.Ten) would import {folder / module}.py from '
+            "the model's folder") in err
+    assert "--trust-model-dir" in err and "trust_python=True" in err and f"{TRUST}=1" in err
+    assert not (folder / f"{module}.imported").exists()
+
+
+@pytest.mark.parametrize("verb,how", [("test", "flag"), ("time", "flag"), ("test", "environment")])
+def test_net_verbs_run_the_model_folders_code_with_consent(tmp_path, capsys, monkeypatch, verb, how):
+    monkeypatch.delenv(TRUST, raising=False)
+    module = f"cli_trusted_{verb}_{how}"
+    folder = python_model(tmp_path, module)
+    argv = [verb, "--model", str(folder / "net.prototxt"), "--iterations", "1"]
+    if how == "flag":
+        argv.append("--trust-model-dir")
+    else:
+        monkeypatch.setenv(TRUST, "1")
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (folder / f"{module}.imported").exists()
+
+
+def test_python_path_flag_needs_no_consent(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(TRUST, raising=False)
+    folder = python_model(tmp_path, "cli_python_path")
+    assert main(["test", "--model", str(folder / "net.prototxt"), "--iterations", "1",
+                 "--python-path", str(folder)]) == 0, capsys.readouterr().err
+
+
+def test_python_m_caffelike_run_in_the_model_folder_still_asks(tmp_path):
+    """`python -m` puts the working directory on sys.path; the command drops it, as `caffelike` never has it."""
+    folder = python_model(tmp_path, "cli_python_m")
+    env = {k: v for k, v in os.environ.items() if k not in (TRUST, "PYTHONPATH")}
+    run = subprocess.run([sys.executable, "-m", "caffelike", "test", "--model", "net.prototxt", "--iterations",
+                          "1"], cwd=folder, env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "would import" in run.stderr and "from the model's folder" in run.stderr, \
+        run.stderr
+    assert not (folder / "cli_python_m.imported").exists()
+
+
+@pytest.mark.parametrize("verb", ["draw", "upgrade_net_proto_text", "upgrade_net_proto_binary"])
+def test_draw_and_upgrade_never_import_the_models_code(tmp_path, capsys, monkeypatch, verb):
+    module = f"cli_never_{verb}"
+    folder = python_model(tmp_path, module)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv(TRUST, "1")  # even with consent: these verbs only read the file
+    source = "net.prototxt"
+    if verb == "upgrade_net_proto_binary":
+        from caffelike.format.prototxt import read_net
+
+        source = "net.binaryproto"
+        (folder / source).write_bytes(read_net("net.prototxt").SerializeToString())
+    out = "net.dot" if verb == "draw" else "upgraded.prototxt"
+    assert main([verb, source, out]) == 0, capsys.readouterr().err
+    assert (folder / out).stat().st_size > 0
+    assert not (folder / f"{module}.imported").exists() and module not in sys.modules

@@ -140,7 +140,7 @@ def test_python_layers_numpy_ones_stay_eager_torch_ones_are_traced(tmp_path, mon
         layer {{ name: "sig" type: "Sigmoid" bottom: "ten" top: "out" }}
     """)
     (tmp_path / "net.prototxt").write_text(text)
-    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, trust_python=True)
     x = torch.randn(2, 3)
     expected = net.run(data=x)["out"].detach().clone()
     assert graph_count(net._unrolled(), net, {"data": x})[0] == graphs

@@ -53,6 +53,26 @@ def test_missing_net_file():
         caffe.Net("/nonexistent.prototxt", caffe.TEST)
 
 
+@pytest.mark.parametrize("bad, kind", [(b"\xff", "byte 0xff, which is not UTF-8"), (b"\x00", "a NUL byte")],
+                         ids=["non-utf8", "nul"])
+def test_a_bad_byte_in_a_text_prototxt_names_its_line_not_a_binary_parse(tmp_path, bad, kind):
+    # Found by tests/test_fuzz.py: such a file was parsed as a binary NetParameter ("not a valid binary ...").
+    lines = NET.encode().split(b"\n")
+    lines[2] = lines[2][:6] + bad + lines[2][6:]
+    path = tmp_path / "net.prototxt"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(caffe.PrototxtError) as err:
+        caffe.Net(str(path), caffe.TEST)
+    assert str(err.value).startswith(f"{path}:3:7: the text net file holds {kind}")
+    assert "binary" not in str(err.value)
+
+
+def test_a_binary_net_with_nul_bytes_still_reads_as_binary(tmp_path):
+    path = tmp_path / "net.binaryproto"
+    path.write_bytes(parse_net(NET).SerializeToString())
+    assert [layer.name for layer in caffe.Net(str(path), caffe.TEST).layers][:2] == ["data", "conv"]
+
+
 def test_weight_shape_mismatch_names_layer_and_both_shapes(tmp_path):
     src = caffe.Net(parse_net(NET), caffe.TEST)
     weights = str(tmp_path / "w.caffemodel")

@@ -65,3 +65,35 @@ def test_bilinear_kernel_for_2x_upsampling():
 def test_unknown_filler_is_an_error():
     with pytest.raises(LayerError, match="Unknown filler name: 'gauss'"):
         fill((2, 2), filler(type="gauss"))
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ('type: "uniform" min: 1 max: 0', "filler type 'uniform' needs min <= max, got min 1 and max 0"),
+    ('type: "gaussian" std: -1', "filler type 'gaussian' needs std >= 0, got -1"),
+    ('type: "gaussian" std: nan', "filler type 'gaussian' needs std >= 0, got nan"),
+    ('type: "gaus"', "parameter blob 0: Unknown filler name: 'gaus'"),
+], ids=["uniform-min-above-max", "negative-std", "nan-std", "unknown-type"])
+def test_a_layers_bad_filler_names_the_layer_and_the_field(spec, fragment):
+    # Found by tests/test_fuzz.py: torch's own RuntimeError, or an error naming no layer, escaped before.
+    from google.protobuf import text_format
+
+    import caffelike as caffe
+
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } } '
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 '
+            f"weight_filler {{ {spec} }} }} }}")
+    with pytest.raises(LayerError) as err:
+        caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TEST)
+    assert str(err.value).startswith('InnerProduct layer "ip": ') and fragment in str(err.value)
+
+
+def test_xavier_on_an_empty_blob_names_the_layer():
+    from google.protobuf import text_format
+
+    import caffelike as caffe
+
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 0 } } } '
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 '
+            'weight_filler { type: "xavier" } } }')
+    with pytest.raises(LayerError, match=r'InnerProduct layer "ip": .*xavier.* fan-in/fan-out is 0'):
+        caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TEST)

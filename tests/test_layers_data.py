@@ -295,6 +295,32 @@ def test_bad_datum_names_the_key(tmp_path):
         net.forward()
 
 
+@pytest.mark.parametrize("keep", [4248, 8192 + 100], ids=["inside-the-meta-pages", "inside-the-data-pages"])
+def test_truncated_lmdb_file_is_an_error_not_a_crash(tmp_path, keep):
+    # Found by tests/test_fuzz.py: liblmdb maps data.mdb and read past its end, killing the process (SIGBUS).
+    source = write_lmdb(tmp_path / "db", [array_to_datum(im) for im in raw_images(3)])
+    data = tmp_path / "db" / "data.mdb"
+    data.write_bytes(data.read_bytes()[:keep])
+    with pytest.raises(DatumError, match=r'Data layer "d": the LMDB file .*data.mdb.* is truncated'):
+        data_net(source)
+
+
+def test_corrupt_lmdb_read_is_a_datum_error(tmp_path):
+    # lmdb's own errors (lmdb.CorruptedError, ...) while reading are reported as the data layer's DatumError.
+    import lmdb
+
+    source = write_lmdb(tmp_path / "db", [array_to_datum(im) for im in raw_images(3)])
+    db = DatumDB(source, where='Data layer "d"')
+    db._cursor.close()  # a cursor that fails, as one over a corrupt page does
+    try:
+        with pytest.raises(DatumError, match=r'Data layer "d": cannot read LMDB .*the database is corrupt'):
+            db.read(1)
+    finally:
+        db._cursor = db._txn.cursor()
+        db.close()
+    assert issubclass(lmdb.CorruptedError, lmdb.Error)
+
+
 def test_truncated_raw_datum(tmp_path):
     d = caffe_pb2.Datum(channels=3, height=4, width=4, data=b"\x00" * 10)
     with pytest.raises(DatumError, match="holds 10 bytes but its shape 3x4x4 needs 48"):
@@ -493,6 +519,12 @@ def test_dummy_data_errors():
     with pytest.raises(LayerError, match="Must specify 'shape' once, or once per top blob"):
         make_net('layer { name: "dd" type: "DummyData" top: "a" top: "b" top: "c" dummy_data_param { '
                  'shape { dim: 1 } shape { dim: 2 } } }')
+    # Found by tests/test_fuzz.py: these escaped as torch's RuntimeError or an error naming no layer.
+    with pytest.raises(LayerError, match=r'DummyData layer "dd": top 0 \(\'a\'\) would have a negative dimension'):
+        make_net('layer { name: "dd" type: "DummyData" top: "a" dummy_data_param { shape { dim: 2 dim: -1 } } }')
+    with pytest.raises(LayerError, match=r'DummyData layer "dd": data_filler of top 0 .*Unknown filler name'):
+        make_net('layer { name: "dd" type: "DummyData" top: "a" dummy_data_param { shape { dim: 2 } '
+                 'data_filler { type: "gaus" } } }')
 
 
 # -------------------------------------------------------------------------------------------------- prefetcher

@@ -425,3 +425,25 @@ def test_writes_into_blob_data_reach_the_next_forward():
     net.params["ip1"][1].data[...] = 1
     net.forward()
     assert (net.blobs["h"].data == 1).all()
+
+
+ATTRIBUTE_NAMES = ["double", "train", "eval", "forward", "update", "to", "type", "cpu", "cuda", "half", "float",
+                   "compile", "keys", "items", "values", "pop", "clear", "apply", "modules", "children",
+                   "parameters", "buffers", "state_dict", "_modules", "__init__", "layer_double", "a.b", ""]
+
+
+def test_layers_named_like_torch_attributes_build_and_run():
+    """Any string is a valid Caffe layer name, those of nn.Module's own attributes included."""
+    layers = ['layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }']
+    bottom = "x"
+    for i, name in enumerate(ATTRIBUTE_NAMES):
+        layers.append(f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "t{i}" '
+                      'inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }')
+        bottom = f"t{i}"
+    net = net_from("\n".join(layers))
+    assert list(net.params) == [n for n in ATTRIBUTE_NAMES]
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    assert net.blobs[bottom].data.shape == (2, 3)
+    net.double()  # the module's own methods are still its own
+    assert len(net.state_dict()) == 2 * len(ATTRIBUTE_NAMES)

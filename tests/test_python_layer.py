@@ -1,6 +1,10 @@
 """`type: "Python"` layers: the behaviours BVLC pycaffe's own python-layer tests check (x10 chain, reshape,
 exception in setup, parameter blobs through save / copy_from / share_with and the solver, phase, param_str), plus
-caffelike's errors, module search and the torch-native TorchLayer."""
+caffelike's errors, module search, consent for modules from the model's folder, and the torch-native TorchLayer.
+
+The fixtures write their modules beside the prototxt (and in the working directory), so the nets are built with
+`trust_python=True`, the consent caffelike asks for before it runs a model's own code."""
+import re
 import textwrap
 
 import numpy as np
@@ -139,7 +143,7 @@ def py(name, cls, bottom, top, extra=""):
 def build(folder, text, phase=caffe.TEST, name="net.prototxt"):
     path = folder / name
     path.write_text(text)
-    return caffe.Net(str(path), phase)
+    return caffe.Net(str(path), phase, trust_python=True)
 
 
 def chain(folder):
@@ -211,7 +215,7 @@ def test_parameter_blobs_are_trained_by_the_solver(folder):
     solver_file = folder / "solver.prototxt"
     solver_file.write_text(f'net: "{net_file}" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 display: 0 '
                            'snapshot_after_train: false')
-    solver = caffe.SGDSolver(str(solver_file))
+    solver = caffe.SGDSolver(str(solver_file), trust_python=True)
     solver.net.blobs["data"].data[...] = 1
     solver.step(1)
     # loss = sum((x + b)^2)/2 over 6 values, x = 1, b = 0: db = 6, so b = -0.6 after one SGD step.
@@ -278,12 +282,12 @@ def test_modules_are_found_beside_the_prototxt_and_on_added_paths(tmp_path, monk
     (models / "net.prototxt").write_text(net_text(py("a", "TimesTen", "data", "out").replace(
         "pylayers", "pylayers_beside")))
     monkeypatch.chdir(tmp_path)
-    caffe.Net(str(models / "net.prototxt"), caffe.TEST)  # found beside the prototxt
+    caffe.Net(str(models / "net.prototxt"), caffe.TEST, trust_python=True)  # found beside the prototxt
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "pylayers_added.py").write_text(MODULE)
     add_python_path(str(other))
-    try:
+    try:  # a folder the user names is searched without consent, as PYTHONPATH is
         caffe.Net(parse_net(net_text(py("a", "TimesTen", "data", "out").replace(
             "pylayers", "pylayers_added"))), caffe.TEST)
     finally:
@@ -316,3 +320,176 @@ def test_python_layer_on_gpu(folder):
     finally:
         caffe.set_mode_cpu()
     assert torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------- consent for the model folder's code
+MARKED = '''
+import pathlib
+
+import caffe
+
+pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
+
+
+class TimesTen(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 10 * bottom[0].data
+'''
+
+
+def model_folder(tmp_path, module):
+    """A downloaded model: net.prototxt and the module its Python layer names, which leaves `<module>.imported`
+    beside itself when it is imported."""
+    models = tmp_path / "model"
+    models.mkdir()
+    (models / f"{module}.py").write_text(MARKED)
+    (models / "net.prototxt").write_text(net_text(py("occlude", "TimesTen", "data", "out").replace(
+        "pylayers", module)))
+    return models
+
+
+def check_refusal(err, module_file, place="the model's folder"):
+    message = str(err.value)
+    assert message.startswith(f'Python layer "occlude" ({module_file.stem}.TimesTen) would import {module_file} '
+                              f"from {place}"), message
+    for way in ("--trust-model-dir", "trust_python=True", "CAFFELIKE_TRUST_MODEL_DIR=1"):
+        assert way in message
+    assert not module_file.with_suffix(".imported").exists(), "the module ran without consent"
+
+
+def test_module_beside_the_prototxt_needs_consent(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_beside")
+    with pytest.raises(caffe.LayerError) as err:
+        caffe.Net(str(models / "net.prototxt"), caffe.TEST)
+    check_refusal(err, models / "consent_beside.py")
+
+
+def test_module_in_the_working_directory_needs_consent(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_cwd")
+    monkeypatch.chdir(models)
+    text = (models / "net.prototxt").read_text()
+    with pytest.raises(caffe.LayerError) as err:
+        caffe.Net(parse_net(text), caffe.TEST)
+    check_refusal(err, models / "consent_cwd.py", "the working directory")
+    with pytest.raises(caffe.LayerError) as err:  # a relative path in the model's folder
+        caffe.Net("net.prototxt", caffe.TEST)
+    check_refusal(err, models / "consent_cwd.py")
+
+
+def test_solver_needs_consent_for_its_nets(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_solver")
+    (models / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 '
+                                            'display: 0 snapshot_after_train: false')
+    monkeypatch.chdir(models)  # the solver's nets search the working directory, as `caffe train` run there
+    with pytest.raises(caffe.LayerError) as err:
+        caffe.SGDSolver("solver.prototxt")
+    check_refusal(err, models / "consent_solver.py", "the working directory")
+    solver = caffe.SGDSolver("solver.prototxt", trust_python=True)
+    assert solver.net.layers[1].type == "Python"
+    assert (models / "consent_solver.imported").exists()
+
+
+@pytest.mark.parametrize("how", ["trust_python", "environment"])
+def test_consent_lets_the_module_beside_the_prototxt_run(tmp_path, monkeypatch, how):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    module = f"consent_given_{how}"
+    models = model_folder(tmp_path, module)
+    if how == "environment":
+        monkeypatch.setenv("CAFFELIKE_TRUST_MODEL_DIR", "1")
+    net = caffe.Net(str(models / "net.prototxt"), caffe.TEST, trust_python=how == "trust_python")
+    net.blobs["data"].data[...] = 1
+    assert (net.forward()["out"] == 10).all()
+    assert (models / f"{module}.imported").exists()
+
+
+def test_consent_given_once_is_not_consent_for_the_next_net(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_once")
+    caffe.Net(str(models / "net.prototxt"), caffe.TEST, trust_python=True)
+    with pytest.raises(caffe.LayerError) as err:  # the module is loaded already, but this net was not trusted
+        caffe.Net(str(models / "net.prototxt"), caffe.TEST)
+    assert f"would import {models / 'consent_once.py'} from the model's folder" in str(err.value)
+
+
+def test_modules_on_sys_path_need_no_consent(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_syspath")
+    monkeypatch.syspath_prepend(str(models))  # PYTHONPATH, or a script run from that folder
+    net = caffe.Net(str(models / "net.prototxt"), caffe.TEST)
+    net.blobs["data"].data[...] = 2
+    assert (net.forward()["out"] == 20).all()
+
+
+def test_a_module_on_sys_path_wins_over_the_untrusted_folder(tmp_path, monkeypatch):
+    """Without consent the import is BVLC Caffe's: sys.path only, whatever the model's folder holds."""
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    models = model_folder(tmp_path, "consent_shadowed")
+    elsewhere = tmp_path / "site"
+    elsewhere.mkdir()
+    (elsewhere / "consent_shadowed.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(elsewhere))
+    caffe.Net(str(models / "net.prototxt"), caffe.TEST)
+    assert not (models / "consent_shadowed.imported").exists()
+
+
+# ----------------------------------------------------------------------------------- sys.exit in a Python layer
+EXITS = '''
+import sys
+
+import caffe
+
+
+class Exits(caffe.Layer):
+    def __init__(self, param):
+        super().__init__(param)
+        if param.python_param.param_str == "constructing the layer":
+            sys.exit(3)
+
+    def setup(self, bottom, top):
+        self.where = self.param_str
+        if self.where == "setup":
+            sys.exit(3)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+        if self.where == "reshape":
+            raise SystemExit(3)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+        if self.where == "forward":
+            sys.exit(3)
+
+    def backward(self, top, propagate_down, bottom):
+        if self.where == "backward":
+            sys.exit(3)
+'''
+
+
+@pytest.mark.parametrize("where", ["constructing the layer", "setup", "reshape", "forward", "backward"])
+def test_sys_exit_in_a_python_layer_is_a_layer_error(tmp_path, monkeypatch, where):
+    (tmp_path / "exits_layer.py").write_text(EXITS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = net_text(f'layer {{ name: "occlude" type: "Python" bottom: "data" top: "out" python_param {{ '
+                    f'module: "exits_layer" layer: "Exits" param_str: "{where}" }} }}')
+    expected = rf'^Python layer "occlude" \(exits_layer.Exits\) called sys.exit\(3\) in {where}$'
+    with pytest.raises(caffe.LayerError, match=expected):
+        net = caffe.Net(parse_net(text), caffe.TEST)
+        net.forward()
+        net.backward()
+
+
+@pytest.mark.parametrize("code,call", [(None, "sys.exit()"), ("'bye'", "sys.exit('bye')")], ids=["none", "text"])
+def test_sys_exit_at_import_is_a_layer_error(tmp_path, monkeypatch, code, call):
+    module = f"exits_at_import_{'none' if code is None else 'text'}"
+    (tmp_path / f"{module}.py").write_text(f"import sys\nsys.exit({code or ''})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = net_text(py("occlude", "Exits", "data", "out").replace("pylayers", module))
+    with pytest.raises(caffe.LayerError, match=re.escape(f"importing module '{module}' called {call}")):
+        caffe.Net(parse_net(text), caffe.TEST)

@@ -98,3 +98,41 @@ def test_precision_and_compile_flags(solver_file, tmp_path, capsys, monkeypatch)
     assert main(["train", "--solver", solver_file, "--precision", "bf16", "--compile"]) == 0
     assert seen == {"precision": "bf16", "compiled": True}
     assert "Optimization Done." in messages(capsys.readouterr().err)
+
+
+PYTHON_LAYER = """
+import pathlib
+
+import caffe
+
+pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
+
+
+class Ten(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 10 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 10 * top[0].diff
+"""
+
+
+def test_trust_model_dir_lets_train_run_the_models_python_layer(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    (tmp_path / "train_layers.py").write_text(PYTHON_LAYER)
+    (tmp_path / "net.prototxt").write_text(NET.replace('bottom: "x" top: "y"', 'bottom: "x10" top: "y"').replace(
+        'layer { name: "ip"', 'layer { name: "ten" type: "Python" bottom: "x" top: "x10" '
+                              'python_param { module: "train_layers" layer: "Ten" } }\nlayer { name: "ip"'))
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 '
+                                              'display: 1 snapshot_after_train: false')
+    monkeypatch.chdir(tmp_path)  # `caffe train` run in the model's folder, as DIGITS does
+    assert main(["train", "--solver", "solver.prototxt"]) == 1
+    err = capsys.readouterr().err
+    assert (f'caffelike train: error: Python layer "ten" (train_layers.Ten) would import {tmp_path}/train_layers.py '
+            "from the working directory") in err and "--trust-model-dir" in err
+    assert not (tmp_path / "train_layers.imported").exists()
+    assert main(["train", "--solver", "solver.prototxt", "--trust-model-dir"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "train_layers.imported").exists()

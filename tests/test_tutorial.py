@@ -44,6 +44,18 @@ def test_report_shows_the_zeroed_square_in_scaled(run):
     assert counts.max() >= scaled.shape[0] * scaled.shape[1] // 4
 
 
+def test_the_job_folders_module_runs_again_only_with_consent(run, monkeypatch):
+    """The tutorial consents for the job folders it writes; a user loading its deploy net later consents too."""
+    import caffelike as caffe
+
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    deploy = str(run / "occlusion_lenet" / "deploy.prototxt")
+    with pytest.raises(caffe.LayerError, match="digits_python_layers.py from the model's folder"):
+        caffe.Net(deploy, caffe.TEST)
+    net = caffe.Net(deploy, caffe.TEST, trust_python=True)
+    assert "Python" in [layer.type for layer in net.layers]
+
+
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(run, tmp_path):
     import importlib.util

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 
 from caffelike.errors import CaffeError
 
@@ -58,9 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from caffelike.cli.glog import init_log
+def forget_implicit_cwd() -> None:
+    """`python -m caffelike` puts the working directory first on sys.path, where Caffe's binary had none: drop
+    it, so that running from a downloaded model's folder does not import its Python layers without consent
+    (--trust-model-dir).  PYTHONPATH and `caffelike` itself are unaffected."""
+    main_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__main__.py")
+    if sys.argv and os.path.abspath(sys.argv[0]) == main_file and sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]
 
+
+def main(argv: list[str] | None = None) -> int:
+    """The `caffelike` command; its exit status."""
+    if threading.current_thread() is threading.main_thread():  # (caffelike/__init__'s quiet start-up handler ends)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _command(argv)
+    except KeyboardInterrupt:
+        print("caffelike: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(argv: list[str] | None) -> int:
+    from caffelike.cli.glog import init_log
+    from caffelike.cli.progress import NetBuildBar
+    from caffelike.net.graph import BUILD_LISTENERS
+
+    forget_implicit_cwd()
     argv = normalize_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     init_log(logging.INFO)
+    BUILD_LISTENERS.append(NetBuildBar())
     try:
         return int(args._run(args) or 0)
     except CaffeError as e:
         logging.getLogger("caffelike").error("%s", e)
         print(f"caffelike {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    finally:
+        BUILD_LISTENERS.pop()
 

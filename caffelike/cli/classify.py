@@ -1,5 +1,6 @@
 """`caffelike classify --model deploy.prototxt --weights w.caffemodel [--mean mean.binaryproto] [--labels
-labels.txt] [--gpu N] [--visualize DIR] [--scale S] [--gray|--color] [--python-path DIR] IMAGE`
+labels.txt] [--gpu N] [--visualize DIR] [--scale S] [--gray|--color] [--python-path DIR]
+[--trust-model-dir] IMAGE`
 
 DIGITS' "Test a single image" for a classification model: the image is read as Caffe reads images (gray or
 BGR, chosen by the input's channel count unless --gray/--color says), squashed to the deploy net's input size,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+from caffelike.cli.common import add_trust_flag
 from caffelike.core import runtime
 from caffelike.digits import classify, report
 from caffelike.proto import caffe_pb2
@@ -38,6 +40,7 @@ def add_arguments(p) -> None:
     mode.add_argument("--color", dest="color", action="store_true", help="read the image as 3 channels (BGR)")
     p.add_argument("--python-path", default="", metavar="DIR",
                    help="folder(s) (os.pathsep-separated) to search for Python-layer modules")
+    add_trust_flag(p)
     p.add_argument("image", metavar="IMAGE", help="the image file to classify")
 
 
@@ -53,7 +56,7 @@ def run(args) -> int:
         runtime.set_mode_gpu()
     else:
         runtime.set_mode_cpu()
-    net = Net(args.model, caffe_pb2.TEST, weights=args.weights)
+    net = Net(args.model, caffe_pb2.TEST, weights=args.weights, trust_python=args.trust_model_dir)
 
     name = classify.input_blob(net)
     _, c, h, w = net.blobs[name].data.shape

@@ -76,7 +76,7 @@ def train(args) -> int:
     from caffelike.train.solver import Solver
 
     solver_file = prepare(args.out, args.max_iter)
-    solver = Solver(solver_file)
+    solver = Solver(solver_file, trust_python=True)  # files this command just wrote
     with solver_bar(solver):
         solver.solve()
     curves = f"{solver.param.snapshot_prefix}_curves.png"

@@ -51,3 +51,18 @@ def solver_bar(solver, desc: str = "Training", stream=None) -> ProgressBar:
     bar.advance_to(solver.iter)
     solver.add_hook("on_update", lambda s: bar.advance_to(s.iter, loss=f"{s.smoothed_loss:.4g}"))
     return bar
+
+
+class NetBuildBar:
+    """Listens to caffelike.net.graph's building of large nets and shows it as a bar (see BUILD_LISTENERS)."""
+
+    def __init__(self, stream=None):
+        self.stream, self.bar = stream, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = ProgressBar("Building net", total=total, unit="layer", stream=self.stream).__enter__()
+        self.bar.advance_to(done, total)
+        if done >= total:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

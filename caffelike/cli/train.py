@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from caffelike.cli.common import add_python_path_flag, apply_python_path, stages_of
+from caffelike.cli.common import add_python_path_flag, add_trust_flag, apply_python_path, stages_of
 from caffelike.cli.progress import solver_bar
 from caffelike.core import runtime
 from caffelike.digits.curves import write_curves
 from caffelike.errors import CaffeError
+from caffelike.format.files import check_output_folder
 from caffelike.format.prototxt import read_solver
 from caffelike.proto import caffe_pb2
 from caffelike.train.signals import EFFECTS, SignalHandler
@@ -31,6 +32,7 @@ def add_arguments(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the train net (data and numpy Python layers stay eager)")
     add_python_path_flag(p)
+    add_trust_flag(p)
     p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
                                                 "_curves.png)")
 
@@ -64,11 +66,12 @@ def run(args) -> int:
     elif args.weights:
         param.ClearField("weights")
         param.weights.append(args.weights)
-    solver = Solver(param, solver_file=args.solver)
+    solver = Solver(param, solver_file=args.solver, trust_python=args.trust_model_dir)
     solver.set_precision(args.precision)
     if args.compile:
         solver.net.compile()
     curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
+    check_output_folder(curves, "--curves")
     solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
     with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, solver_bar(solver):
         solver.requested_action = signals.requested_action

@@ -77,7 +77,7 @@ def train_model(name: str, dataset: str, job: str, epochs: int, seed: int) -> di
     log.info("Training %s in %s (%d iterations)", name, job, info["max_iter"])
     random.seed(seed)  # BlankSquare draws its squares from Python's random, as in DIGITS
     with working_directory(job):
-        solver = Solver(info["files"]["solver"])
+        solver = Solver(info["files"]["solver"], trust_python=True)  # the job folder and module are ours
         with solver_bar(solver, f"Training {name}"):
             solver.solve()
         write_curves(solver, "curves.png")
@@ -139,7 +139,7 @@ def run(args) -> int:
     image = f"val_db/{key}"
     occ = results["occlusion_lenet"]
     with working_directory(os.path.dirname(occ["deploy"])):  # where DIGITS keeps digits_python_layers.py
-        net = Net(occ["deploy"], caffe_pb2.TEST, weights=occ["weights"])
+        net = Net(occ["deploy"], caffe_pb2.TEST, weights=occ["weights"], trust_python=True)
         top5 = classify_pixels(net, pixels, mean=os.path.join(dataset, "mean.binaryproto"),
                                labels=os.path.join(dataset, "labels.txt"))
     report = write_report(net, os.path.join(out, "report"), top5, pixels,

@@ -273,6 +273,33 @@ _ENVS: dict[str, list] = {}
 _ENVS_LOCK = threading.Lock()
 
 
+# LMDB's meta page: a 16-byte page header, then MDB_meta (magic, version, address, map size, the free-list DB
+# whose md_pad holds the page size, ...), on 64-bit builds.
+_LMDB_MAGIC, _LMDB_MAGIC_AT, _LMDB_PSIZE_AT = 0xBEEFC0DE, 16, 40
+
+
+def _check_lmdb_size(source: str, where: str, env=None) -> None:
+    """Refuse a truncated data.mdb before liblmdb reads it: liblmdb maps the file and reads its pages in place,
+    so a page missing from the end of the file kills the process with SIGBUS instead of raising.  Without `env`
+    the two meta pages are checked, with it every page up to the last one the meta page names."""
+    data = os.path.join(source, "data.mdb")
+    size = os.path.getsize(data)
+    if env is None:
+        with open(data, "rb") as f:
+            head = f.read(_LMDB_PSIZE_AT + 4)
+        magic = int.from_bytes(head[_LMDB_MAGIC_AT:_LMDB_MAGIC_AT + 4], "little")
+        if len(head) < _LMDB_PSIZE_AT + 4 or magic != _LMDB_MAGIC:
+            return  # not a (64-bit) LMDB file at all: liblmdb itself reports it as invalid
+        psize = int.from_bytes(head[_LMDB_PSIZE_AT:_LMDB_PSIZE_AT + 4], "little")
+        needed, what = 2 * psize, "its two meta pages"
+    else:
+        psize = int(env.stat()["psize"])
+        needed, what = (int(env.info()["last_pgno"]) + 1) * psize, "the pages its meta page names"
+    if size < needed:
+        raise DatumError(f"{where}: the LMDB file {data!r} is truncated: it holds {size} bytes but {what} need "
+                         f"{needed} (pages of {psize} bytes); copy or write the database again")
+
+
 def _acquire_env(source: str, where: str):
     import lmdb
 
@@ -280,10 +307,16 @@ def _acquire_env(source: str, where: str):
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
         if entry is None:
+            _check_lmdb_size(source, where)
             try:
                 env = lmdb.open(source, readonly=True, lock=False, readahead=False, max_readers=1024, subdir=True)
             except lmdb.Error as e:
                 raise DatumError(f"{where}: cannot open LMDB {source!r}: {e}") from None
+            try:
+                _check_lmdb_size(source, where, env)
+            except BaseException:
+                env.close()
+                raise
             entry = _ENVS[key] = [env, 0]
         entry[1] += 1
         return entry[0]
@@ -328,39 +361,69 @@ class DatumDB:
         if self.entries == 0:
             self.close()
             raise DatumError(f"{where}: the database {source!r} is empty (0 records)")
-        self._txn = self.env.begin(buffers=False)
-        self._cursor = self._txn.cursor()
-        self._cursor.first()
+        import lmdb
+
+        try:
+            self._txn = self.env.begin(buffers=False)
+            self._cursor = self._txn.cursor()
+            self._cursor.first()
+        except lmdb.Error as e:
+            self.close()
+            raise self._failed(e) from None
         self.position = 0  # records read since the start, wraps included
+
+    def _failed(self, e: Exception) -> DatumError:
+        return DatumError(f"{self.where}: cannot read LMDB {self.source!r} (the database is corrupt: "
+                          f"{type(e).__name__}: {e})")
 
     def peek(self) -> tuple[bytes, bytes]:
         """The record the next `read` starts with, without consuming it."""
-        return self._cursor.key(), self._cursor.value()
+        import lmdb
+
+        try:
+            return self._cursor.key(), self._cursor.value()
+        except lmdb.Error as e:
+            raise self._failed(e) from None
 
     def read(self, n: int) -> list[tuple[bytes, bytes]]:
         """The next n (key, value) records, wrapping around to the first key after the last."""
+        import lmdb
+
         out = []
         cursor = self._cursor
-        for _ in range(n):
-            out.append(cursor.item())
-            if not cursor.next():
-                log.info("Restarting data prefetching from start.")
-                cursor.first()
+        try:
+            for _ in range(n):
+                out.append(cursor.item())
+                if not cursor.next():
+                    log.info("Restarting data prefetching from start.")
+                    cursor.first()
+        except lmdb.Error as e:
+            raise self._failed(e) from None
         self.position += n
         return out
 
     def skip(self, n: int) -> None:
         """Advance n records without reading their values (wrapping around)."""
-        for _ in range(n % self.entries):
-            if not self._cursor.next():
-                log.info("Restarting data prefetching from start.")
-                self._cursor.first()
+        import lmdb
+
+        try:
+            for _ in range(n % self.entries):
+                if not self._cursor.next():
+                    log.info("Restarting data prefetching from start.")
+                    self._cursor.first()
+        except lmdb.Error as e:
+            raise self._failed(e) from None
         self.position += n
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         """Every record once, in key order, from a separate read transaction."""
-        with self.env.begin(buffers=False) as txn:
-            yield from txn.cursor()
+        import lmdb
+
+        try:
+            with self.env.begin(buffers=False) as txn:
+                yield from txn.cursor()
+        except lmdb.Error as e:
+            raise self._failed(e) from None
 
     def close(self) -> None:
         if getattr(self, "env", None) is None:

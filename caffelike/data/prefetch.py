@@ -146,6 +146,11 @@ class Prefetcher(Generic[Job, Batch]):
         return self._closed
 
     @property
+    def issued(self) -> int:
+        """Batches planned or handed to the workers so far."""
+        return self._issued
+
+    @property
     def in_flight(self) -> int:
         """Batches asked for and not yet returned."""
         return len(self._shared.pending)
@@ -173,6 +178,7 @@ class Prefetcher(Generic[Job, Batch]):
         """The next batch in plan order (waits for it if it is still being built)."""
         self._check_open()
         if self.depth == 0:
+            self._issued += 1
             return self._build()(self._plan()())
         pending = self._shared.pending
         while len(pending) < self.depth:
@@ -188,6 +194,7 @@ class Prefetcher(Generic[Job, Batch]):
         if self.depth == 0:
             for _ in range(n):
                 self._plan()()
+            self._issued += n
             return
         pending = self._shared.pending
         while n > 0 and pending:

@@ -38,12 +38,39 @@ def _read_bytes(path: str, what: str) -> bytes:
         return f.read()
 
 
-def _looks_binary(data: bytes) -> bool:
+def _first_bad_byte(data: bytes) -> int | None:
+    """The offset of the first byte a text prototxt cannot hold (a NUL, or one that is not UTF-8), or None."""
+    nul = data.find(b"\x00")
     try:
         data.decode("utf-8")
-    except UnicodeDecodeError:
+        bad = None
+    except UnicodeDecodeError as e:
+        bad = e.start
+    found = [i for i in (bad, nul if nul >= 0 else None) if i is not None]
+    return min(found) if found else None
+
+
+def _looks_binary(data: bytes) -> bool:
+    """Binary protobuf unless the bytes read as text: UTF-8 without NUL, or a text file with a few bad bytes in
+    it (its first non-blank character starts a field name or a comment, and at most one byte in a hundred is a
+    control character or not UTF-8).  A binary message starts with a field tag and is full of length bytes."""
+    if _first_bad_byte(data) is None:
+        return False
+    text = data.decode("utf-8", errors="replace")
+    start = text.lstrip()
+    if not start or not (start[0].isascii() and (start[0].isalpha() or start[0] in "#_")):
         return True
-    return b"\x00" in data
+    odd = sum(1 for ch in text if ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\f\v"))
+    return odd > len(data) // 100 + 1
+
+
+def _bad_text(path: str, data: bytes, what: str) -> PrototxtError:
+    at = _first_bad_byte(data)
+    line = data.count(b"\n", 0, at) + 1
+    col = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    kind = "a NUL byte" if data[at] == 0 else f"byte 0x{data[at]:02x}, which is not UTF-8"
+    return PrototxtError(f"{path}:{line}:{col}: the text {what} file holds {kind}; a text prototxt must be "
+                         "UTF-8 without NUL bytes (the file is corrupt, or was saved in another encoding)")
 
 
 def read_message(path: str, msg: message.Message, what: str = "prototxt") -> message.Message:
@@ -55,6 +82,8 @@ def read_message(path: str, msg: message.Message, what: str = "prototxt") -> mes
         except message.DecodeError as e:
             raise PrototxtError(f"{path}: not a valid binary {type(msg).__name__} ({e})") from None
         return msg
+    if _first_bad_byte(data) is not None:
+        raise _bad_text(path, data, what)
     return parse_text(data.decode("utf-8"), msg, path)
 
 

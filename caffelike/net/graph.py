@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from caffelike.core.blob import Blob, HostSync, ParamBlob
+from caffelike.core.memory import oversized
 from caffelike.errors import CaffeError, LayerError, PrototxtError, shape_str
 from caffelike.layers import layer_class
 from caffelike.layers.base import Layer
@@ -61,9 +62,33 @@ def _run_eagerly(net: "NetGraph", i: int, bottoms: list[torch.Tensor]) -> tuple:
     return net._run_layer(i, bottoms)
 
 
-def _module_key(name: str, taken: set[str]) -> str:
-    """nn.Module names may not contain '.'; Caffe layer names may.  Keep them readable and unique."""
+# Told (layers built, layers in all) every 100 layers while a net of BUILD_PROGRESS_FROM layers or more is built,
+# and once more at the end: the command line draws a progress bar from it (the library draws nothing).
+BUILD_LISTENERS: list = []
+BUILD_PROGRESS_FROM = 2000
+
+
+def _zeros(layer: Layer, top: str, shape) -> torch.Tensor:
+    """A top blob's first tensor, refusing a negative dimension and naming the layer when memory runs out."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        layer.fail(f'top "{top}" would have a negative dimension {shape_str(shape)}')
+    problem = oversized(shape)
+    if problem:
+        layer.fail(f'cannot allocate top "{top}" of shape {shape_str(shape)}: it {problem}')
+    try:
+        return torch.zeros(shape)
+    except (RuntimeError, MemoryError) as e:
+        layer.fail(f'cannot allocate top "{top}" of shape {shape_str(shape)} ({math.prod(shape) * 4:,} bytes as '
+                   f"float32): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def _module_key(name: str, taken: set[str], modules: nn.ModuleDict) -> str:
+    """nn.Module names may not contain '.' nor be an attribute of nn.ModuleDict (`double`, `train`, `keys`...);
+    any string is a Caffe layer name.  Keep them readable and unique."""
     key = name.replace(".", "_") or "layer"
+    if hasattr(modules, key):
+        key = f"layer_{key}"
     base, k = key, 1
     while key in taken:
         key, k = f"{base}_{k}", k + 1
@@ -72,10 +97,11 @@ def _module_key(name: str, taken: set[str]) -> str:
 
 
 class NetGraph(nn.Module):
-    """Build a Caffe net for `phase` (caffe_pb2.TRAIN/TEST), `level` and `stages` from an upgraded NetParameter."""
+    """Build a Caffe net for `phase` (caffe_pb2.TRAIN/TEST), `level` and `stages` from an upgraded NetParameter.
+    `trust_python` lets Python layers import modules from the prototxt's folder and the working directory."""
 
     def __init__(self, net_param: caffe_pb2.NetParameter, phase: int = caffe_pb2.TEST, level: int = 0,
-                 stages=(), source: str = "<net>"):
+                 stages=(), source: str = "<net>", trust_python: bool = False):
         super().__init__()
         self.source = source
         self.phase = phase
@@ -97,7 +123,7 @@ class NetGraph(nn.Module):
         self._compiled = None
         from caffelike.layers.python import net_folder
 
-        with net_folder(os.path.dirname(source) if os.path.exists(source) else None):
+        with net_folder(os.path.dirname(source) if os.path.exists(source) else None, trust=trust_python):
             self._build()
 
     # ------------------------------------------------------------------------------------------------------ building
@@ -113,7 +139,11 @@ class NetGraph(nn.Module):
         blob_need_backward: dict[str, bool] = {}
         owners: dict[str, tuple[LearnableParam | None, caffe_pb2.ParamSpec, tuple, nn.Parameter]] = {}
         keys: set[str] = set()
-        for lp in self.net_param.layer:
+        total = len(self.net_param.layer)
+        for done, lp in enumerate(self.net_param.layer):
+            if total >= BUILD_PROGRESS_FROM and done % 100 == 0:
+                for listener in BUILD_LISTENERS:
+                    listener(done, total)
             if not lp.HasField("phase"):
                 lp.phase = self.phase
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
@@ -147,10 +177,10 @@ class NetGraph(nn.Module):
                 if not in_place:
                     if t in self.blobs and t != AUTOMATIC_TOP:
                         self._fail(f"Top blob '{t}' produced by multiple sources (layer '{lp.name}')")
-                    self.blobs[t] = Blob(t, torch.zeros(top_shapes[j]), self.sync)
+                    self.blobs[t] = Blob(t, _zeros(layer, t, top_shapes[j]), self.sync)
                     blob_need_backward[t] = False
                 else:
-                    self.blobs[t].set_tensor(torch.zeros(top_shapes[j]))
+                    self.blobs[t].set_tensor(_zeros(layer, t, top_shapes[j]))
                 available.add(t)
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
@@ -168,8 +198,11 @@ class NetGraph(nn.Module):
                     blob_need_backward[t] = True
             self._layers.append(layer)
             self.plans.append(plan)
-            self.layer_modules[_module_key(lp.name, keys)] = layer
+            self.layer_modules[_module_key(lp.name, keys, self.layer_modules)] = layer
             assert len(self._layers) == index + 1
+        if total >= BUILD_PROGRESS_FROM:
+            for listener in BUILD_LISTENERS:
+                listener(total, total)
 
         for name in self.blobs:
             self.blob_loss_weights.setdefault(name, 0.0)

@@ -32,6 +32,38 @@ from caffelike.proto import caffe_pb2
 log = logging.getLogger("caffelike")
 
 
+def _inputs(net) -> dict:
+    """top name -> (shape, where it comes from) for the layers without bottoms (data layers, Input)."""
+    out = {}
+    for layer, plan in zip(net.layer_list, net.plans):
+        if plan.bottoms:
+            continue
+        p = layer.param
+        source = next((getattr(p, f).source for f in ("data_param", "image_data_param", "hdf5_data_param",
+                                                        "window_data_param") if p.HasField(f)), "")
+        where = f"{layer.type} layer '{layer.layer_name}'" + (f" reading {source!r}" if source else "")
+        for top in plan.tops:
+            out[top] = (tuple(net.blobs[top].tensor.shape), where)
+    return out
+
+
+def _described(shape) -> str:
+    if len(shape) == 4:
+        return f"{shape_str(shape)} ({shape[2]}x{shape[3]} images)"
+    return shape_str(shape)
+
+
+def _input_difference(net, other, names) -> str:
+    """Why two nets' weights differ in shape, when their inputs do: ': its 'data' is ... where ...'."""
+    mine, theirs = _inputs(net), _inputs(other)
+    parts = []
+    for top, (shape, where) in mine.items():
+        if top in theirs and theirs[top][0] != shape:
+            parts.append(f"{names[0]}'s '{top}' is {_described(shape)}, from {where}, where {names[1]}'s is "
+                         f"{_described(theirs[top][0])}, from {theirs[top][1]}")
+    return (": " + "; ".join(parts) + " — both must feed inputs of the same size") if parts else ""
+
+
 class LayerView:
     """pycaffe's view of one layer: `.type`, `.blobs` (Blob objects over its parameters), `.name`."""
 
@@ -61,10 +93,12 @@ class LayerView:
 
 class Net(NetGraph):
     """caffe.Net(network_file, phase, level=0, stages=None, weights=None), or the legacy
-    caffe.Net(network_file, pretrained_param_file, phase).  `network_file` may also be a NetParameter."""
+    caffe.Net(network_file, pretrained_param_file, phase).  `network_file` may also be a NetParameter.
+    `trust_python=True` (or CAFFELIKE_TRUST_MODEL_DIR=1) lets Python layers import modules from the prototxt's
+    folder and the working directory, which BVLC Caffe never searched; sys.path/PYTHONPATH needs no consent."""
 
     def __init__(self, network_file, *args, level: int = 0, stages=None, weights: str | None = None,
-                 phase: int | None = None):
+                 phase: int | None = None, trust_python: bool = False):
         args = list(args)
         if args and isinstance(args[0], (str, os.PathLike)):  # legacy (file, weights, phase)
             weights = os.fspath(args.pop(0))
@@ -83,7 +117,7 @@ class Net(NetGraph):
             if not os.path.isfile(source):
                 raise CaffeError(f"Could not open file {source}")
             param = read_net(source)
-        super().__init__(param, phase, level, stages or (), source)
+        super().__init__(param, phase, level, stages or (), source, trust_python=trust_python)
         if weights is not None:
             self.copy_from(weights)
         self._params_cache = None
@@ -243,8 +277,9 @@ class Net(NetGraph):
         self.sync.push()
         load_hdf5_weights(self, os.fspath(path))
 
-    def share_with(self, other: "Net") -> None:
-        """Caffe's ShareTrainedLayersWith: this net's layers use `other`'s parameter blobs, by layer name."""
+    def share_with(self, other: "Net", names: tuple[str, str] = ("this net", "the source net")) -> None:
+        """Caffe's ShareTrainedLayersWith: this net's layers use `other`'s parameter blobs, by layer name.
+        `names` say what the two nets are in an error ("the test net", "the train net")."""
         theirs = {}
         for layer in other.layer_list:
             theirs.setdefault(layer.layer_name, layer)
@@ -257,8 +292,9 @@ class Net(NetGraph):
                                  f"{len(src.blobs)} in the source net")
             for i, p in enumerate(src.blobs):
                 if tuple(p.shape) != tuple(layer.blobs[i].shape):
-                    raise CaffeError(f"share_with: layer '{layer.layer_name}' blob {i} has shape "
-                                     f"{shape_str(layer.blobs[i].shape)} here and {shape_str(p.shape)} in the source")
+                    raise CaffeError(f"layer '{layer.layer_name}' blob {i} has shape {shape_str(layer.blobs[i].shape)} "
+                                     f"in {names[0]} and {shape_str(p.shape)} in {names[1]}, so they cannot share "
+                                     f"weights{_input_difference(self, other, names)}")
                 layer.blobs[i] = p
         for entry in self.learnable:
             entry.param = self.layer_list[self.layer_index(entry.layer)].blobs[entry.index]

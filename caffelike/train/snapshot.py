@@ -80,11 +80,16 @@ def read_state(path: str) -> tuple[int, str, int, list[np.ndarray]]:
     if not os.path.isfile(path):
         raise CaffeError(f"Could not open solver state {path!r}: no such file")
     if path.endswith(".h5"):
-        with _h5py().File(path, "r") as f:
-            learned = f["learned_net"][()] if "learned_net" in f else b""
-            learned = learned.decode() if isinstance(learned, bytes) else str(learned)
-            history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
-            return int(f["iter"][0]), learned, int(f["current_step"][0]), history
+        h5py = _h5py()
+        try:
+            with h5py.File(path, "r") as f:
+                learned = f["learned_net"][()] if "learned_net" in f else b""
+                learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+                history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
+                return int(f["iter"][0]), learned, int(f["current_step"][0]), history
+        except (OSError, KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise CaffeError(f"{path!r} is not a valid .solverstate.h5 (needs datasets iter, current_step and a "
+                             f"history group holding 0, 1, ...: {type(e).__name__}: {e})") from None
     msg = caffe_pb2.SolverState()
     try:
         with open(path, "rb") as f:
@@ -92,6 +97,10 @@ def read_state(path: str) -> tuple[int, str, int, list[np.ndarray]]:
     except Exception as e:
         raise CaffeError(f"{path!r} is not a valid .solverstate ({e})") from None
     history = [blob_to_array(b, where=f"{path}: history blob {i}") for i, b in enumerate(msg.history)]
+    for field in ("iter", "current_step"):
+        if getattr(msg, field) < 0:  # Caffe never writes one: the file is corrupt
+            raise CaffeError(f"{path}: {field} is {getattr(msg, field)}, a negative count (the .solverstate is "
+                             "corrupt)")
     return msg.iter, msg.learned_net, msg.current_step, history
 
 
@@ -99,7 +108,11 @@ def restore(solver, path: str) -> None:
     """Caffe's Solver::Restore: iteration, weights from the stored learned_net path, current step, history."""
     it, learned_net, current_step, history = read_state(path)
     if learned_net:
-        solver.net.copy_from(learned_net)
+        try:
+            solver.net.copy_from(learned_net)
+        except CaffeError as e:
+            raise type(e)(f"{path}: cannot restore the weights from its learned_net {learned_net!r}: {e}") \
+                from None
     solver.iter = it
     solver.current_step = current_step
     mine = solver.rule.history
@@ -121,8 +134,11 @@ def fast_forward_data(solver) -> None:
     uninterrupted run's batches and weights.  (Caffe restarts its databases from the start on restore; skipping
     is cheap: no record is decoded.)"""
     p = solver.param
-    tests_done = sum(1 for t in range(solver.iter)
-                     if p.test_interval and t % p.test_interval == 0 and (t > 0 or p.test_initialization))
+    if solver.iter >= p.max_iter:
+        return  # nothing left to train (a state from a longer run): Caffe finishes at once, so does this
+    tests_done = 0  # test passes at t in [0, iter) with t % test_interval == 0, t = 0 only with test_initialization
+    if p.test_interval and solver.iter > 0:
+        tests_done = (solver.iter - 1) // p.test_interval + (1 if p.test_initialization else 0)
     targets = [(solver.net, solver.iter * p.iter_size)]
     targets += [(net, tests_done * p.test_iter[i]) for i, net in enumerate(solver.test_nets)]
     for net, batches in targets:

@@ -15,14 +15,16 @@ from collections import defaultdict
 import torch
 
 from caffelike.core import runtime
-from caffelike.errors import CaffeError
+from caffelike.errors import CaffeError, OutputError
+from caffelike.format.files import remove_stale_temporaries
 from caffelike.format.prototxt import read_net, read_solver
 from caffelike.net import Net
 from caffelike.proto import caffe_pb2
-from caffelike.train.lr_policy import check_policy, learning_rate
+from caffelike.train.lr_policy import learning_rate
 from caffelike.train.meters import MovingAverageMeter
 from caffelike.train.precision import MixedPrecision
-from caffelike.train.updates import RULES, make_rule
+from caffelike.train.updates import make_rule
+from caffelike.train.validate import check_solver
 
 log = logging.getLogger("caffelike")
 
@@ -71,24 +73,23 @@ def default_snapshot_prefix(param: caffe_pb2.SolverParameter, solver_file: str |
 
 class Solver:
     """A Caffe solver.  `param` is a SolverParameter (or a solver prototxt path); `solver_type` overrides
-    `param.type` (the pycaffe classes pass their own)."""
+    `param.type` (the pycaffe classes pass their own).  `trust_python` is handed to the nets it builds (see Net)."""
 
-    def __init__(self, param, solver_type: str | None = None, solver_file: str | None = None):
+    def __init__(self, param, solver_type: str | None = None, solver_file: str | None = None,
+                 trust_python: bool = False):
         if isinstance(param, (str, os.PathLike)):
             solver_file = os.fspath(param)
             param = read_solver(solver_file)
         self.param = param
         self.solver_file = solver_file
+        self.trust_python = trust_python
         if solver_type is not None:
             self.param.type = solver_type
         default_snapshot_prefix(self.param, solver_file)
-        if self.param.average_loss < 1:
-            raise CaffeError(f"average_loss should be non-negative and at least 1, got {self.param.average_loss}")
-        if self.param.type not in RULES:
-            raise CaffeError(f"Unknown solver type: {self.param.type!r} (known types: {', '.join(RULES)})")
-        check_policy(self.param)
+        check_solver(self.param, solver_file or "SolverParameter")
         log.info("Initializing solver from parameters: \n%s", self.param)
-        self._check_snapshot_permissions()
+        if self.param.snapshot:  # (as Caffe; solve() checks again when it will snapshot at the end)
+            self._check_snapshot_folder()
         if self.param.random_seed >= 0:
             runtime.set_random_seed(self.param.random_seed)
         self.net = self._build_train_net()
@@ -132,7 +133,7 @@ class Solver:
     def _make_net(self, net_param, phase, solver_state) -> Net:
         state = _net_state(phase, net_param.state, solver_state)
         net_param.state.CopyFrom(state)
-        return Net(net_param, phase=state.phase, level=state.level)
+        return Net(net_param, phase=state.phase, level=state.level, trust_python=self.trust_python)
 
     def _build_test_nets(self) -> list[Net]:
         p = self.param
@@ -278,6 +279,8 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self._early_exit = False
+        if p.snapshot_after_train and not p.snapshot:
+            self._check_snapshot_folder()  # the weights are written at the end: a bad folder must fail now
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
@@ -337,7 +340,7 @@ class Solver:
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, index)
         net = self.test_nets[index]
-        net.share_with(self.net)
+        net.share_with(self.net, ("the test net", "the train net"))
         sums: list[float] = []
         names: list[str] = []
         loss = 0.0
@@ -423,18 +426,23 @@ class Solver:
                 g.mul_(scale)
 
     # ------------------------------------------------------------------------------------------------ snapshot
-    def _check_snapshot_permissions(self) -> None:
+    def _check_snapshot_folder(self) -> None:
+        """Before any training: the snapshot folder must take files (a snapshot is written every `snapshot`
+        iterations, at the end of solve() or on a signal), and temporary files that an interrupted snapshot of
+        this prefix left behind are removed."""
         p = self.param
-        if not (p.snapshot and p.snapshot_prefix):
+        if not p.snapshot_prefix:
             return
         probe = f"{p.snapshot_prefix}_iter_{0}.tempfile"
         try:
             with open(probe, "w"):
                 pass
             os.remove(probe)
-        except OSError:
-            raise CaffeError(f"Cannot write to snapshot prefix '{p.snapshot_prefix}'. Make sure that the directory "
-                             "exists and is writable.") from None
+        except OSError as e:
+            raise CaffeError(f"Cannot write to snapshot prefix '{p.snapshot_prefix}' ({e.strerror or e}). Make sure "
+                             "that the directory exists and is writable.") from None
+        for path in remove_stale_temporaries(f"{p.snapshot_prefix}_iter_"):
+            log.info("Removed %s, left by an interrupted snapshot", path)
 
     def snapshot_filename(self, extension: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
@@ -444,7 +452,16 @@ class Solver:
         from caffelike.train import snapshot as snap
 
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
-        model, state = snap.write_snapshot(self, hdf5)
+        try:
+            model, state = snap.write_snapshot(self, hdf5)
+        except OutputError as e:
+            # The folder went away or filled up during training: the weights go to the working directory
+            # rather than being lost with the run.
+            prefix = self.param.snapshot_prefix
+            self.param.snapshot_prefix = os.path.join(os.getcwd(), os.path.basename(prefix) or "snapshot")
+            log.warning("%s; writing the snapshot to %s_iter_%d.* instead", e, self.param.snapshot_prefix,
+                        self.iter)
+            model, state = snap.write_snapshot(self, hdf5)
         self._fire("on_snapshot", model, state)
         return model, state
 
@@ -459,8 +476,8 @@ def _typed(name: str):
     class TypedSolver(Solver):
         __doc__ = f"pycaffe's {name}Solver(solver_prototxt): a Solver of type {name!r} whatever the file says."
 
-        def __init__(self, solver_file):
-            super().__init__(solver_file, solver_type=name)
+        def __init__(self, solver_file, trust_python: bool = False):
+            super().__init__(solver_file, solver_type=name, trust_python=trust_python)
 
     TypedSolver.__name__ = TypedSolver.__qualname__ = f"{name}Solver"
     return TypedSolver
@@ -474,6 +491,6 @@ AdaDeltaSolver = _typed("AdaDelta")
 AdamSolver = _typed("Adam")
 
 
-def get_solver(solver_file: str) -> Solver:
+def get_solver(solver_file: str, trust_python: bool = False) -> Solver:
     """pycaffe's get_solver: the solver class named by the file's `type` (or deprecated `solver_type`)."""
-    return Solver(solver_file)
+    return Solver(solver_file, trust_python=trust_python)

@@ -38,12 +38,8 @@ class UpdateRule:
 
     def __init__(self, param: caffe_pb2.SolverParameter, params: list[torch.Tensor]):
         self.p = param
-        self.check()
         self.history = [torch.zeros_like(t) for _ in range(self.histories_per_param) for t in params]
         self.n = len(params)
-
-    def check(self) -> None:
-        pass
 
     def histories(self, indices: list[int], which: int = 0) -> list[torch.Tensor]:
         return [self.history[i + which * self.n] for i in indices]
@@ -90,10 +86,6 @@ class Nesterov(UpdateRule):
 
 @rule("AdaGrad")
 class AdaGrad(UpdateRule):
-    def check(self):
-        if self.p.momentum != 0:
-            raise CaffeError("AdaGrad solver: momentum cannot be used with AdaGrad (set momentum: 0)")
-
     def step(self, indices, grads, local_rate, it):
         h = self.histories(indices)
         torch._foreach_add_(h, _squares(grads))
@@ -102,12 +94,6 @@ class AdaGrad(UpdateRule):
 
 @rule("RMSProp")
 class RMSProp(UpdateRule):
-    def check(self):
-        if self.p.momentum != 0:
-            raise CaffeError("RMSProp solver: momentum cannot be used with RMSProp (set momentum: 0)")
-        if not 0 <= self.p.rms_decay < 1:
-            raise CaffeError(f"RMSProp solver: rms_decay must be in [0, 1), got {self.p.rms_decay}")
-
     def step(self, indices, grads, local_rate, it):
         h = self.histories(indices)
         torch._foreach_mul_(h, self.p.rms_decay)
