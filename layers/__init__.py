@@ -13,6 +13,7 @@ from . import (  # noqa: F401,E402
     norm,
     python,
     recurrent,
+    torch_module,
     vision,
     window_data,
 )

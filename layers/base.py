@@ -64,7 +64,7 @@ def is_meta(t: torch.Tensor) -> bool:
     return t.device.type == "meta"
 
 
-_SHAPES: dict[tuple, tuple] = {}  # Layer._shape_key -> top shapes
+_SHAPES: dict[tuple, tuple] = {}  # Layer._shape_key -> (top shapes, the `resolved` lookups the meta pass made)
 _SHAPES_MAX = 100_000
 
 
@@ -146,11 +146,13 @@ class Layer(nn.Module):
         meta pass costs milliseconds, which a net of thousands of layers would otherwise pay for each."""
         key = self._shape_key(bottom_shapes)
         if key in _SHAPES:
-            return list(_SHAPES[key])
+            tops, resolved = _SHAPES[key]
+            self.resolved.update(resolved)  # what the meta pass would have looked up (forward reads no protobuf)
+            return list(tops)
         tops = self._meta_top_shapes(bottom_shapes)
         if len(_SHAPES) >= _SHAPES_MAX:
             _SHAPES.clear()
-        _SHAPES[key] = tuple(tops)
+        _SHAPES[key] = (tuple(tops), dict(self.resolved))
         return tops
 
     def _shape_key(self, bottom_shapes) -> tuple:
@@ -159,7 +161,7 @@ class Layer(nn.Module):
         for field in ("name", "bottom", "top", "loss_weight", "param", "blobs", "propagate_down", "include",
                       "exclude"):
             param.ClearField(field)
-        return (type(self), param.SerializeToString(deterministic=True), self.phase,
+        return (type(self), param.SerializeToString(deterministic=True), self.phase, self.num_tops,
                 tuple(tuple(int(d) for d in s) for s in bottom_shapes),
                 tuple((tuple(p.shape), p.dtype) for p in self.blobs))
 

@@ -38,6 +38,9 @@ class BatchNorm(Layer):
         if len(shape) < 2:
             self.fail(f"bottom must have at least 2 axes (N, C, ...), got shape {shape_str(shape)}")
         channels = shape[1]
+        if channels < 1:  # Caffe divides by it (count / (num * channels)) and dies of SIGFPE
+            self.fail(f"bottom has {channels} channels (axis 1 of shape {shape_str(shape)}); BatchNorm needs at "
+                      "least 1")
         for blob_shape in ((channels,), (channels,), (1,)):
             self.add_blob(blob_shape, constant=0.0).requires_grad_(False)
         # Caffe masks the statistics from the solver through their ParamSpecs, which the net reads after setup.
@@ -69,7 +72,7 @@ class BatchNorm(Layer):
             centered = x - mean.reshape(per_channel)
             var = centered.square().mean(dim=reduce_dims)
             if not is_meta(x):
-                self._update_running_stats(mean.detach(), var.detach(), count(x.shape) // channels)
+                self._update_running_stats(mean.detach(), var.detach(), count(x.shape) // max(channels, 1))
         return centered / torch.sqrt(var + self.param.batch_norm_param.eps).reshape(per_channel)
 
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:

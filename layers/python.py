@@ -101,7 +101,8 @@ def import_layer_class(module: str, name: str, where: str):
     top = module.partition(".")[0]
     if not trust and top in _FROM_MODEL_DIRS:  # a trusted net imported it from its folder earlier on
         file, folder = _module_folder(sys.modules.get(top))
-        if file == _FROM_MODEL_DIRS[top] and not _on_chosen_path(folder):
+        if (file == _FROM_MODEL_DIRS[top] and not _on_chosen_path(folder)
+                and importlib.machinery.PathFinder.find_spec(top, [*EXTRA_PATHS, *sys.path]) is None):
             _refuse(layer, file, folder)
     added = [d for d in dirs if d not in sys.path]
     sys.path[:0] = added

@@ -38,11 +38,14 @@ def _params(name: str) -> str:
         fields.append("transform_param")
     return ", ".join(f"`{f}`" for f in fields) or "-"
 
+EXTENSIONS = ("TorchModule", "TorchLoss")  # caffelike's own types, beyond BVLC's
+
 
 def render() -> str:
     lines = ["# Layer support matrix", "",
              "Generated from caffelike's layer registry by `python scripts/layer_docs.py`; do not edit by hand.",
-             f"{len(layer_type_list())} of BVLC Caffe's 61 layer types are registered.", "",
+             f"{len(layer_type_list())} layer types are registered: BVLC Caffe's 61 and caffelike's "
+             f"{' and '.join(EXTENSIONS)} (docs/torch_models.md).", "",
              "| type | family | bottoms | tops | parameters read | notes |", "|---|---|---|---|---|---|"]
     for name in layer_type_list():
         cls = layer_class(name)

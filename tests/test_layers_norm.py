@@ -198,6 +198,13 @@ def test_batchnorm_rejects_one_axis():
         make_layer('type: "BatchNorm"', [(4,)])
 
 
+def test_batchnorm_rejects_zero_channels():
+    # Found by tests/test_fuzz.py: a (4, 0) bottom in TRAIN made the forward divide by zero (ZeroDivisionError).
+    with pytest.raises(LayerError, match=r'BatchNorm layer "batchnorm": bottom has 0 channels \(axis 1 of shape '
+                                         r"\(4, 0\)\); BatchNorm needs at least 1"):
+        make_layer('type: "BatchNorm"', [(4, 0)], phase=caffe_pb2.TRAIN)
+
+
 def test_batchnorm_rejects_a_channel_mismatch():
     layer = make_layer('type: "BatchNorm"', [(2, 3, 4)])
     with pytest.raises(LayerError, match=r"bottom has 5 channels \(shape \(2, 5, 4\)\) but the statistics blobs "

@@ -137,7 +137,27 @@ CASES = {
                    'window_data_param { source: "windows.txt" batch_size: 4 context_pad: 2 }', window_file, None),
     "Threshold": ('type: "Threshold" threshold_param { threshold: 0.2 }', lambda: [normal(2, 3)], None),
     "Tile": ('type: "Tile" tile_param { axis: 1 tiles: 3 }', lambda: [normal(2, 2, 3)], {}),
+    # Bound in this process under fixed keys (see bound_for_registry): a prototxt cannot name a module itself.
+    "TorchLoss": ('type: "TorchLoss" python_param { param_str: "registry-loss" }',
+                  lambda: bound_for_registry() and [normal(4, 3), labels(4, 3)], {"grad_bottoms": [0]}),
+    "TorchModule": ('type: "TorchModule" python_param { param_str: "registry-module" }',
+                    lambda: bound_for_registry() and [normal(2, 3, 4)], {}),
 }
+
+_KEEP = []
+
+
+def bound_for_registry() -> bool:
+    """Bind a small module and a loss under the keys the TorchModule and TorchLoss cases name."""
+    from caffelike.layers import torch_module
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+    spec = torch_module.LossSpec(lambda out, target: torch.nn.functional.cross_entropy(out, target))
+    _KEEP[:] = [module, spec]
+    torch_module._BOUND["registry-module"] = module
+    torch_module._BOUND["registry-loss"] = spec
+    return True
 
 
 # Source layers that read files run in the fixture folder holding them (Caffe resolves paths against the cwd).

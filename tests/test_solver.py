@@ -203,6 +203,28 @@ def test_lr_policies(policy, fields, it, expected):
     assert learning_rate(p, it)[0] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("fields, fragment", [
+    (dict(lr_policy="inv", gamma=-1.0, power=0.5), 'lr_policy "inv" at iteration 5: the rate is not a number'),
+    (dict(lr_policy="poly", max_iter=2, power=0.5), 'lr_policy "poly" at iteration 5: the rate is not a number'),
+    (dict(lr_policy="sigmoid", gamma=-1e30, stepsize=1), 'lr_policy "sigmoid" at iteration 5'),
+], ids=["inv-negative-base", "poly-past-max-iter", "sigmoid-overflow"])
+def test_lr_policy_math_errors_name_the_policy_and_fields(fields, fragment):
+    # Found by tests/test_fuzz.py: Python's ValueError/OverflowError ("math domain error") escaped.
+    with pytest.raises(CaffeError, match=fragment) as err:
+        learning_rate(caffe_pb2.SolverParameter(base_lr=0.1, **fields), 5)
+    assert "gamma" in str(err.value) and "power" in str(err.value)
+
+
+def test_adam_bias_correction_out_of_range_names_the_momenta():
+    # Found by tests/test_fuzz.py: momentum2 > 1 made math.sqrt raise ValueError inside the update.
+    from caffelike.train.updates import make_rule
+
+    p = caffe_pb2.SolverParameter(type="Adam", momentum=0.9, momentum2=1e30)
+    rule = make_rule(p, [torch.zeros(2)])
+    with pytest.raises(CaffeError, match=r"Adam solver: .* momentum 0.9 and momentum2 1e\+30"):
+        rule.step([0], [torch.ones(2)], 0.1, 0)
+
+
 def test_multistep_advances_at_most_one_step_per_call():
     p = caffe_pb2.SolverParameter(base_lr=1.0, lr_policy="multistep", gamma=0.5, stepvalue=[2, 3])
     step, rates = 0, []
@@ -230,6 +252,26 @@ def test_resume_from_a_snapshot_gives_the_uninterrupted_weights(tmp_path):
     resumed.step(3)
     for a, b in zip(full.net.learnable, resumed.net.learnable):
         assert torch.equal(a.param, b.param)
+
+
+def test_restore_errors_name_the_solverstate(tmp_path):
+    # Found by tests/test_fuzz.py: a corrupt learned_net gave an error naming only the (garbled) weights path, and
+    # a negative iter or current_step was taken as it came.
+    s = make(type="SGD", snapshot_prefix=str(tmp_path / "s"))
+    s.step(1)
+    _, state = s.snapshot()
+    msg = caffe_pb2.SolverState.FromString(open(state, "rb").read())
+    broken = tmp_path / "broken.solverstate"
+    broken.write_bytes(caffe_pb2.SolverState(iter=1, learned_net=str(tmp_path / "gone.caffemodel"),
+                                             history=msg.history).SerializeToString())
+    with pytest.raises(caffe.WeightsError, match=rf"^{broken}: cannot restore the weights from its learned_net "
+                                                 r".*gone.caffemodel.*Could not open weights file"):
+        make(type="SGD").restore(str(broken))
+    for field in ("iter", "current_step"):
+        negative = tmp_path / f"negative_{field}.solverstate"
+        negative.write_bytes(caffe_pb2.SolverState(**{field: -3}, history=msg.history).SerializeToString())
+        with pytest.raises(CaffeError, match=rf"^{negative}: {field} is -3, a negative count"):
+            make(type="SGD").restore(str(negative))
 
 
 def test_snapshot_files_are_valid_caffe_messages(tmp_path):

@@ -27,7 +27,8 @@ def test_saved_caffemodel_is_byte_identical_to_caffes(kind, name, tmp_path):
     if missing:
         pytest.skip(f"layer types not implemented yet: {sorted(missing)}")
     phase = caffe.TEST if meta["phase"] == "TEST" else caffe.TRAIN
-    net = caffe.Net(str(folder / "net.prototxt"), phase, weights=str(folder / "weights.caffemodel"))
+    net = caffe.Net(str(folder / "net.prototxt"), phase, weights=str(folder / "weights.caffemodel"),
+                    trust_python=True)  # (our own fixture's Python-layer module)
     out = tmp_path / "out.caffemodel"
     net.save(str(out))
     assert out.read_bytes() == (folder / "weights.caffemodel").read_bytes()
@@ -171,3 +172,13 @@ def test_shapeless_blobproto_is_a_scalar_for_caffe_and_pycaffe():
         blob_to_array(hundred)  # Caffe's FromProto refuses it too
     with pytest.raises(ValueError, match=r"holds 100 data values .* needs 1 \(a BlobProto without shape"):
         caffe.io.blobproto_to_array(hundred)  # pycaffe's reshape raises ValueError (BVLC's test_io.test_no_shape)
+
+
+def test_a_weights_path_with_a_nul_byte_is_a_missing_file():
+    # Found by tests/test_fuzz.py (a corrupt .solverstate's learned_net): is_hdf5 let open()'s ValueError escape.
+    from caffelike.format.weights import is_hdf5
+
+    assert not is_hdf5("lenet\x00.caffemodel")
+    net = caffe.Net(zoo.path("lenet", "lenet.prototxt"), caffe.TEST)
+    with pytest.raises(caffe.WeightsError, match="Could not open weights file .*no such file"):
+        net.copy_from("lenet\x00.caffemodel")

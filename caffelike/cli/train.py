@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from caffelike.cli import train_network
 from caffelike.cli.common import add_python_path_flag, add_trust_flag, apply_python_path, stages_of
 from caffelike.cli.progress import solver_bar
 from caffelike.core import runtime
@@ -18,7 +19,8 @@ log = logging.getLogger("caffelike")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--solver", required=True, help="the solver definition protocol buffer text file")
+    p.add_argument("--solver", default="", help="the solver definition protocol buffer text file (required "
+                                                "without --network)")
     p.add_argument("--weights", default="", help="comma-separated .caffemodel files to finetune from")
     p.add_argument("--snapshot", default="", help="a .solverstate to resume training from")
     p.add_argument("--gpu", default="", help="GPU id(s) to use ('0', '0,1', 'all'); omit for the solver's mode")
@@ -35,6 +37,7 @@ def add_arguments(p) -> None:
     add_trust_flag(p)
     p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
                                                 "_curves.png)")
+    train_network.add_arguments(p)
 
 
 def select_device(gpu_flag: str, param: caffe_pb2.SolverParameter) -> None:
@@ -54,6 +57,10 @@ def select_device(gpu_flag: str, param: caffe_pb2.SolverParameter) -> None:
 def run(args) -> int:
     from caffelike.train.solver import Solver
 
+    if args.network or args.dataset:
+        return train_network.run(args)
+    if not args.solver:
+        raise CaffeError("--solver is required (or --network with --dataset to train a PyTorch model file)")
     if args.snapshot and args.weights:
         raise CaffeError("Give a snapshot to resume training or weights to finetune but not both.")
     apply_python_path(args)

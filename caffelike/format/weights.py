@@ -135,7 +135,7 @@ def is_hdf5(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path, which no file can have
         return False
 
 

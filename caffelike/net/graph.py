@@ -149,7 +149,7 @@ class NetGraph(nn.Module):
             if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
                 self._fail(f'layer "{lp.name}": propagate_down must be given once per bottom '
                            f"({len(lp.bottom)}), got {len(lp.propagate_down)}")
-            cls = layer_class(lp.type)
+            cls = layer_class(lp.type, where=f'{self.source}: layer "{lp.name}"')
             if cls.is_loss and not lp.top:
                 lp.top.append(AUTOMATIC_TOP)
             layer = cls(lp, lp.phase)

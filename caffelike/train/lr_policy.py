@@ -66,5 +66,11 @@ def check_policy(param: caffe_pb2.SolverParameter) -> None:
 def learning_rate(param: caffe_pb2.SolverParameter, it: int, current_step: int = 0) -> tuple[float, int]:
     """(rate for the update at iteration `it`, updated current_step)."""
     check_policy(param)
-    rate, step = POLICIES[param.lr_policy](param, it, current_step)
+    try:
+        rate, step = POLICIES[param.lr_policy](param, it, current_step)
+    except (ValueError, OverflowError, ZeroDivisionError) as e:
+        p = param
+        raise CaffeError(f"lr_policy \"{p.lr_policy}\" at iteration {it}: the rate is not a number for base_lr "
+                         f"{p.base_lr:g}, gamma {p.gamma:g}, power {p.power:g}, stepsize {p.stepsize}, max_iter "
+                         f"{p.max_iter} ({e})") from None
     return float(np.float32(rate)), step

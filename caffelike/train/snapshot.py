@@ -113,6 +113,12 @@ def restore(solver, path: str) -> None:
         except CaffeError as e:
             raise type(e)(f"{path}: cannot restore the weights from its learned_net {learned_net!r}: {e}") \
                 from None
+    restore_progress(solver, path, it, current_step, history)
+
+
+def restore_progress(solver, path: str, it: int, current_step: int, history: list[np.ndarray]) -> None:
+    """The rest of a restore once the weights are back: the iteration, the lr policy's step, the update rule's
+    history and the data layers' positions (`path` names the state file in errors)."""
     solver.iter = it
     solver.current_step = current_step
     mine = solver.rule.history

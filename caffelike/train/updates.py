@@ -129,7 +129,13 @@ class Adam(UpdateRule):
         b1, b2 = self.p.momentum, self.p.momentum2
         m, v = self.histories(indices, 0), self.histories(indices, 1)
         t = it + 1
-        correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        try:
+            correction = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            # caffelike.train.validate refuses such values up front; a SolverParameter changed after it ran ends here
+            raise CaffeError(f"Adam solver: the bias correction sqrt(1 - momentum2^t) / (1 - momentum^t) at t = {t} "
+                             f"is not a number for momentum {b1:g} and momentum2 {b2:g} (both must be in [0, 1))") \
+                from None
         torch._foreach_mul_(m, b1)
         torch._foreach_add_(m, grads, alpha=1 - b1)
         torch._foreach_mul_(v, b2)

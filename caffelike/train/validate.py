@@ -31,10 +31,10 @@ _RANGES = {
 }
 _NEEDS = {  # lr policy -> fields it reads beyond base_lr, with their own ranges
     "fixed": {},
-    "step": {"stepsize": (lambda v: v > 0, "> 0"), "gamma": (lambda v: v > 0, "> 0")},
-    "exp": {"gamma": (lambda v: v > 0, "> 0")},
+    "step": {"stepsize": (lambda v: v > 0, "> 0")},
+    "exp": {},
     "inv": {"gamma": (lambda v: v >= 0, ">= 0")},
-    "multistep": {"gamma": (lambda v: v > 0, "> 0")},
+    "multistep": {},
     "poly": {"max_iter": (lambda v: v > 0, "> 0")},
     "sigmoid": {},
 }
