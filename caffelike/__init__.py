@@ -41,6 +41,7 @@ from caffelike.train.solver import (  # noqa: E402
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+get_solver_from_file = get_solver  # the name BVLC's OpenCL branch and the forks on it export
 __version__ = "0.1.0"
 
 __all__ = [
@@ -48,6 +49,6 @@ __all__ = [
     "TRAIN", "TEST", "caffe_pb2", "layer_type_list", "set_mode_cpu", "set_mode_gpu", "set_device",
     "set_random_seed", "CaffeError", "LayerError", "PrototxtError", "WeightsError",
     "Solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "get_solver", "coord_map", "has_nccl", "NCCL", "Timer", "solver_count", "set_solver_count", "solver_rank",
-    "set_solver_rank", "set_multiprocess",
+    "get_solver", "get_solver_from_file", "coord_map", "has_nccl", "NCCL", "Timer", "solver_count",
+    "set_solver_count", "solver_rank", "set_solver_rank", "set_multiprocess",
 ]

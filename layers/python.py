@@ -209,6 +209,9 @@ class PythonLayer(Layer):
             self.__dict__["user"] = user  # a plain object, kept out of the module tree
             user.blobs = BlobVec(self)
         self.in_place = [j < len(param.bottom) and param.bottom[j] == t for j, t in enumerate(param.top)]
+        # Caffe's top blobs persist: a shape set in setup (or an earlier reshape) stays until reshaped again, so a
+        # data layer may size its tops once in setup and leave reshape empty.
+        self.__dict__["top_shapes"] = [() for _ in param.top]
 
     @property
     def device(self) -> torch.device:
@@ -247,22 +250,33 @@ class PythonLayer(Layer):
             self._call("setup", self.user.setup, [tuple(s) for s in bottom_shapes])
             return
         bottom = [HostBlob(s) for s in bottom_shapes]
-        top = [HostBlob() for _ in self.param.top]
+        top = self._tops(bottom)
         self._call("setup", self.user.setup, bottom, top)
+        self._keep_top_shapes(top)
         self._push_params()
+
+    def _tops(self, bottom: list[HostBlob]) -> list[HostBlob]:
+        """Top blobs with their last shape (an in-place top has its bottom's), as Caffe's persistent tops."""
+        return [HostBlob(bottom[j].data.shape if self.in_place[j] else self.top_shapes[j])
+                for j in range(len(self.param.top))]
+
+    def _keep_top_shapes(self, top: list[HostBlob]) -> None:
+        self.top_shapes[:] = [tuple(t.data.shape) for t in top]
 
     def infer_top_shapes(self, bottom_shapes):
         if self.torch_native:
             return super().infer_top_shapes(bottom_shapes)
         bottom = [HostBlob(s) for s in bottom_shapes]
-        top = [HostBlob() for _ in self.param.top]
+        top = self._tops(bottom)
         self._call("reshape", self.user.reshape, bottom, top)
+        self._keep_top_shapes(top)
         return [tuple(t.data.shape) for t in top]
 
     def run_user_forward(self, bottom_data: list[np.ndarray]) -> list[np.ndarray]:
         bottom = [HostBlob(data=d) for d in bottom_data]
-        top = [HostBlob() for _ in self.param.top]
+        top = self._tops(bottom)
         self._call("reshape", self.user.reshape, bottom, top)
+        self._keep_top_shapes(top)
         for j, t in enumerate(top):
             if self.in_place[j]:
                 if t.data.shape != bottom[j].data.shape:

@@ -638,6 +638,34 @@ class PhaseLayer(caffe.Layer):
         top[0].data[()] = self.phase
 
 
+class CountingDataLayer(caffe.Layer):
+    """A data layer that sizes its top once, in setup, and leaves reshape empty: 0..9, 10..19, ..."""
+
+    def setup(self, bottom, top):
+        top[0].reshape(10)
+        self.next = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        top[0].data[...] = list(range(self.next, self.next + 10))
+        self.next += 10
+
+
+class InPlaceDoubleLayer(caffe.Layer):
+    """Doubles its bottom in place, never reshaping: an in-place top is its bottom, so has its shape."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+
 class SimpleParamLayer(caffe.Layer):
     """Multiplies by the number in its param_str."""
 
@@ -738,6 +766,22 @@ def test_python_layer_phase(pyfolder, phase):
     assert net.forward()["phase"] == phase
 
 
+def test_python_layer_top_keeps_the_shape_setup_gave_it(pyfolder):
+    # Caffe's tops persist between calls, so BVLC-era data layers size them in setup only.
+    net = caffe.Net(python_net(pyfolder, ("data", None, "data", "CountingDataLayer", ""), inputs=False), caffe.TRAIN)
+    assert net.blobs["data"].data.shape == (10,)
+    for start in (0, 10, 20):
+        net.forward()
+        assert net.blobs["data"].data.tolist() == list(range(start, start + 10))
+
+
+def test_python_layer_in_place_top_without_a_reshape_has_its_bottoms_shape(pyfolder):
+    net = caffe.Net(python_net(pyfolder, ("double", "data", "data", "InPlaceDoubleLayer", "")), caffe.TEST)
+    net.blobs["data"].data[...] = 3
+    net.forward()
+    assert net.blobs["data"].data.shape == (10, 9, 8) and np.all(net.blobs["data"].data == 6)
+
+
 @pytest.fixture
 def param_str_net(pyfolder):
     return caffe.Net(python_net(pyfolder, ("mul10", "data", "mul10", "SimpleParamLayer", "param_str: '10'"),
@@ -770,6 +814,7 @@ def solver(tmp_path, monkeypatch):
         """)
     solver = caffe.SGDSolver(solver_file)
     caffe.get_solver(solver_file)  # also make sure get_solver runs
+    assert isinstance(caffe.get_solver_from_file(solver_file), caffe.Solver)  # the OpenCL branch's name
     caffe.set_mode_cpu()
     rng = np.random.default_rng(3)
     for net in [solver.net, solver.test_nets[0]]:

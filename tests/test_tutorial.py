@@ -51,7 +51,7 @@ def test_the_job_folders_module_runs_again_only_with_consent(run, monkeypatch):
 
     monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
     # a clean search path: other tests may have added the zoo's folder, which holds a module of the same name
-    monkeypatch.setattr("caffelike.layers.python.EXTRA_PATHS", [])
+    monkeypatch.setattr(sys.modules["caffelike.layers.python"], "EXTRA_PATHS", [])
     monkeypatch.delitem(sys.modules, "digits_python_layers", raising=False)
     deploy = str(run / "occlusion_lenet" / "deploy.prototxt")
     with pytest.raises(caffe.LayerError, match="digits_python_layers.py from the model's folder"):
