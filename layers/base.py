@@ -19,7 +19,7 @@ import torch
 from caffelike.proto import caffe_pb2
 from torch import nn
 
-from caffelike.core.memory import oversized
+from caffelike.core.memory import allocation_problem
 from caffelike.errors import LayerError, shape_str  # noqa: F401  (the layers' import of it)
 
 _REGISTRY: dict[str, type["Layer"]] = {}
@@ -191,11 +191,9 @@ class Layer(nn.Module):
         from caffelike.core.fillers import fill
 
         shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
-            self.fail(f"parameter blob {len(self.blobs)} would have a negative dimension {shape_str(shape)}")
-        problem = oversized(shape)
+        problem = allocation_problem(shape)
         if problem:
-            self.fail(f"cannot allocate parameter blob {len(self.blobs)} of shape {shape_str(shape)}: it {problem}")
+            self.fail(f"parameter blob {len(self.blobs)} of shape {shape_str(shape)} {problem}")
         if constant is None:
             filler = filler if filler is not None else caffe_pb2.FillerParameter()
             self.check_filler(filler, shape, f"parameter blob {len(self.blobs)}")

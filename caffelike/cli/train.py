@@ -77,6 +77,11 @@ def run(args) -> int:
     solver.set_precision(args.precision)
     if args.compile:
         solver.net.compile()
+    return run_training(solver, args)
+
+
+def run_training(solver, args) -> int:
+    """Train `solver` as caffe train does: curves at each snapshot and at the end, signals, resume, a bar."""
     curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
     check_output_folder(curves, "--curves")
     solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))

@@ -6,12 +6,8 @@ The solver comes from `--solver solver.prototxt` (without net fields) and/or DIG
 """
 from __future__ import annotations
 
-import logging
-
 from caffelike.cli.common import positive_int
 from caffelike.errors import CaffeError
-
-log = logging.getLogger("caffelike")
 
 
 def add_arguments(p) -> None:
@@ -43,14 +39,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from caffelike.cli.progress import solver_bar
-    from caffelike.cli.train import select_device
+    from caffelike.cli.train import run_training, select_device
     from caffelike.core import runtime
-    from caffelike.digits.curves import write_curves
     from caffelike.digits.torch_model import make_solver
-    from caffelike.format.files import check_output_folder
     from caffelike.proto import caffe_pb2
-    from caffelike.train.signals import SignalHandler
 
     if not args.network or not args.dataset:
         raise CaffeError("--network and --dataset go together: a model file and the dataset folder to train on")
@@ -67,18 +59,4 @@ def run(args) -> int:
         random_seed=args.seed, weights=args.weights or None,
         ngpus=1 if runtime.current_device().type == "cuda" else 0)
     solver.set_precision(args.precision)
-    curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
-    check_output_folder(curves, "--curves")
-    solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, solver_bar(solver):
-        solver.requested_action = signals.requested_action
-        if args.snapshot:
-            log.info("Resuming from %s", args.snapshot)
-            solver.restore(args.snapshot)
-        log.info("Starting Optimization")
-        try:
-            solver.solve()
-        finally:
-            write_curves(solver, curves)
-    log.info("Optimization Done.")
-    return 0
+    return run_training(solver, args)

@@ -31,3 +31,11 @@ def oversized(shape, itemsize: int = 4) -> str | None:
     if limit is not None and needed > 0.8 * limit:  # (the rest of the net and the process need some too)
         return f"needs {needed:,} bytes, more than 80% of the {limit:,} bytes of memory available"
     return None
+
+
+def allocation_problem(shape, itemsize: int = 4) -> str | None:
+    """Why a tensor of `shape` must not be allocated (a negative dimension, or too many bytes), or None."""
+    if any(int(d) < 0 for d in shape):
+        return "would have a negative dimension"
+    problem = oversized(shape, itemsize)
+    return f"cannot be allocated: it {problem}" if problem else None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from caffelike.core.blob import Blob, HostSync, ParamBlob
-from caffelike.core.memory import oversized
+from caffelike.core.memory import allocation_problem
 from caffelike.errors import CaffeError, LayerError, PrototxtError, shape_str
 from caffelike.layers import layer_class
 from caffelike.layers.base import Layer
@@ -71,11 +71,9 @@ BUILD_PROGRESS_FROM = 2000
 def _zeros(layer: Layer, top: str, shape) -> torch.Tensor:
     """A top blob's first tensor, refusing a negative dimension and naming the layer when memory runs out."""
     shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-        layer.fail(f'top "{top}" would have a negative dimension {shape_str(shape)}')
-    problem = oversized(shape)
+    problem = allocation_problem(shape)
     if problem:
-        layer.fail(f'cannot allocate top "{top}" of shape {shape_str(shape)}: it {problem}')
+        layer.fail(f'top "{top}" of shape {shape_str(shape)} {problem}')
     try:
         return torch.zeros(shape)
     except (RuntimeError, MemoryError) as e:
