@@ -25,11 +25,12 @@ from caffelike.proto import caffe_pb2
 class Classifier(Net):
     """Classifier(model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
     channel_swap=None).  `image_dims` (H, W) is the size images are resized to before cropping; it defaults to
-    the net's input size (then the crops are the whole image)."""
+    the net's input size (then the crops are the whole image).  `trust_python` lets a Python layer import its
+    module from the model's folder, as for Net (docs/python_layers.md)."""
 
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None, raw_scale=None,
-                 channel_swap=None):
-        super().__init__(model_file, caffe_pb2.TEST, weights=pretrained_file)
+                 channel_swap=None, trust_python=False):
+        super().__init__(model_file, caffe_pb2.TEST, weights=pretrained_file, trust_python=trust_python)
         if not self.inputs:
             raise CaffeError(f"Classifier needs a deploy net with an input blob; {model_file} declares none")
         in_ = self.inputs[0]

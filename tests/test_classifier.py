@@ -6,6 +6,7 @@ import pytest
 from caffelike.proto import caffe_pb2
 from PIL import Image
 
+import caffelike as caffe
 import caffelike.net
 from caffelike import zoo
 from caffelike.classifier import Classifier
@@ -189,3 +190,21 @@ def test_forward_backward_all_errors(lenet_backward, bound):
         lenet_backward.forward_backward_all(data=np.zeros((2, 1, 28, 28)), label=np.zeros(2))
     with pytest.raises(CaffeError, match="different lengths"):
         lenet_backward.forward_backward_all(data=np.zeros((2, 1, 28, 28)), prob=np.zeros((3, 10)))
+
+
+def test_classifier_asks_consent_for_a_python_layer_beside_its_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
+    (tmp_path / "twice.py").write_text(
+        "import caffe\n\nclass Twice(caffe.Layer):\n    def setup(self, bottom, top): pass\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = 2 * bottom[0].data\n")
+    model = tmp_path / "deploy.prototxt"
+    model.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 '
+                     'dim: 4 } } }\nlayer { name: "twice" type: "Python" bottom: "data" top: "out" '
+                     'python_param { module: "twice" layer: "Twice" } }\n')
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(caffe_pb2.NetParameter(layer=[caffe_pb2.LayerParameter(name="data", type="Input")])
+                        .SerializeToString())
+    with pytest.raises(caffe.LayerError, match="twice.py from the model's folder"):
+        caffe.Classifier(str(model), str(weights))
+    assert caffe.Classifier(str(model), str(weights), trust_python=True).inputs == ["data"]
