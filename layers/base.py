@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 from caffelike.proto import caffe_pb2
+from google.protobuf.message import Message
 from torch import nn
 
 from caffelike.core.memory import allocation_problem
@@ -195,8 +196,9 @@ class Layer(nn.Module):
         if problem:
             self.fail(f"parameter blob {len(self.blobs)} of shape {shape_str(shape)} {problem}")
         if constant is None:
+            field = self._filler_field(filler)
             filler = filler if filler is not None else caffe_pb2.FillerParameter()
-            self.check_filler(filler, shape, f"parameter blob {len(self.blobs)}")
+            self.check_filler(filler, shape, f"parameter blob {len(self.blobs)}" + (f" ({field})" if field else ""))
         try:
             if constant is not None:
                 data = torch.full(shape, float(constant))
@@ -211,6 +213,20 @@ class Layer(nn.Module):
         p = nn.Parameter(data)
         self.blobs.append(p)
         return p
+
+    def _filler_field(self, filler) -> str:
+        """Which field of this layer's parameters `filler` is ("convolution_param.weight_filler"), for messages;
+        "" when it is none of them (a filler the layer made up)."""
+        if filler is None:
+            return ""
+        found = []
+        for outer, message in self.param.ListFields():
+            if not isinstance(message, Message):  # (a scalar or repeated field)
+                continue
+            for inner, value in message.ListFields():
+                if isinstance(value, caffe_pb2.FillerParameter) and value == filler:
+                    found.append(f"{outer.name}.{inner.name}")
+        return found[0] if len(found) == 1 else ""
 
     def check_filler(self, filler: caffe_pb2.FillerParameter, shape: tuple[int, ...], what: str) -> None:
         """Refuse a FillerParameter that Caffe's fillers CHECK-fail on (or that would divide by a zero fan),

@@ -71,7 +71,7 @@ def test_unknown_filler_is_an_error():
     ('type: "uniform" min: 1 max: 0', "filler type 'uniform' needs min <= max, got min 1 and max 0"),
     ('type: "gaussian" std: -1', "filler type 'gaussian' needs std >= 0, got -1"),
     ('type: "gaussian" std: nan', "filler type 'gaussian' needs std >= 0, got nan"),
-    ('type: "gaus"', "parameter blob 0: Unknown filler name: 'gaus'"),
+    ('type: "gaus"', "parameter blob 0 (inner_product_param.weight_filler): Unknown filler name: 'gaus'"),
 ], ids=["uniform-min-above-max", "negative-std", "nan-std", "unknown-type"])
 def test_a_layers_bad_filler_names_the_layer_and_the_field(spec, fragment):
     # Found by tests/test_fuzz.py: torch's own RuntimeError, or an error naming no layer, escaped before.
@@ -97,3 +97,4 @@ def test_xavier_on_an_empty_blob_names_the_layer():
             'weight_filler { type: "xavier" } } }')
     with pytest.raises(LayerError, match=r'InnerProduct layer "ip": .*xavier.* fan-in/fan-out is 0'):
         caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TEST)
+
