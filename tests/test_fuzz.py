@@ -638,7 +638,6 @@ def test_fuzz_solver_parameters_in_caffes_ranges(values, tiny, case_dir):
     _solver_check(values, tiny, case_dir)
 
 
-@pytest.mark.xfail(strict=False, reason="solver validation: caffelike/train/validate.py")
 @FUZZ
 @given(values=st.fixed_dictionaries({}, optional=SOLVER_FIELDS))
 def test_fuzz_solver_parameters_out_of_range(values, tiny, case_dir):

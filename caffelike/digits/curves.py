@@ -97,8 +97,10 @@ def training_figure(train: dict, test: dict, lr: list, *, size: tuple[int, int] 
     for ax in (top, bottom):
         ax.grid(True, color="0.9")
     if handles:
-        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 5), fontsize="small",
-                   frameon=False)
+        # as many columns as fit the figure's width (about 6.5 px a character at this size, plus the swatch)
+        column = 6.5 * max(len(h.get_label()) for h in handles) + 45
+        fig.legend(handles=handles, loc="outside upper center", ncols=max(1, min(len(handles), int(w // column))),
+                   fontsize="small", frameon=False)
     else:
         top.text(0.5, 0.5, "no data yet", transform=top.transAxes, ha="center", va="center")
     fig.caffelike_axes = axes
