@@ -307,3 +307,24 @@ class ImageData(_Prefetching):
 
     def _build(self, job):
         return self._batch(job, self._read)
+
+    def skip_batches(self, n: int) -> None:
+        """Before the first batch (a resumed run): move through the list by whole passes, not line by line,
+        shuffling at each wrap as reading would, and consume the transformer's draws batch by batch."""
+        if self._prefetcher is not None and self._prefetcher.issued:
+            return super().skip_batches(n)
+        left = n * self.batch_size
+        while left:
+            step = min(left, len(self.lines) - self.line_id)
+            self.line_id += step
+            left -= step
+            if self.line_id >= len(self.lines):
+                self.line_id = 0
+                if self.rng is not None:
+                    self._shuffle()
+                elif left:
+                    left %= len(self.lines)  # unshuffled passes are all alike: skip them at once
+        if self.transformer.rng is not None:
+            for _ in range(n):
+                self.transformer.draw(self.batch_size)
+        self.batches_served += n

@@ -363,6 +363,24 @@ def image_net(source, root, batch=2, extra="", transform=""):
                     f'root_folder: "{root}" batch_size: {batch} {extra} }} }}')
 
 
+@pytest.mark.parametrize("extra", ["", "shuffle: true"], ids=["in_order", "shuffled"])
+def test_image_data_skips_by_passes_to_where_reading_would_be(image_list, extra):
+    """Skipping before the first batch (a resumed run) lands where reading 7 batches of 3 (4 passes over 5
+    images, shuffled at each wrap) would; 10**9 batches in order are skipped by arithmetic, at once."""
+    images, source, root = image_list
+    caffe.set_random_seed(3)
+    reference = image_net(source, root, batch=3, extra=extra)
+    expected = [forward(reference)[1] for _ in range(8)]
+    caffe.set_random_seed(3)
+    net = image_net(source, root, batch=3, extra=extra)
+    net.layer_list[0].skip_batches(7)
+    np.testing.assert_array_equal(forward(net)[1], expected[7])
+    if not extra:
+        net = image_net(source, root, batch=3)
+        net.layer_list[0].skip_batches(10 ** 9)
+        np.testing.assert_array_equal(forward(net)[1], [0, 1, 2])  # 3 * 10**9 is a whole number of passes
+
+
 def test_image_list_split_at_the_last_space_with_root_folder_and_wrap(image_list):
     images, source, root = image_list
     net = image_net(source, root, batch=3)
