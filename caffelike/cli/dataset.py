@@ -3,6 +3,7 @@
     caffelike dataset create --out mnist_ds                          the bundled 5,000 digits, as DIGITS' MNIST
     caffelike dataset create --out mnist_ds --mnist-idx ~/mnist      train-images-idx3-ubyte[.gz] & labels
     caffelike dataset create --out pets --folder ~/pets --size 64x64 one sub-folder per class
+    caffelike dataset create --generic --out reg --inputs x.npy --labels y.npy   a generic (regression) dataset
 
 Writes labels.txt, train.txt, val.txt, train_db/, val_db/, mean.binaryproto, mean.jpg and dataset.json with
 DIGITS' defaults (25% validation, PNG-encoded Datums, squash resizing, at least 2 images per class); see
@@ -29,7 +30,16 @@ def add_arguments(p) -> None:
                                                            "LeCun's or DIGITS' names)")
     source.add_argument("--images", metavar="FILE", help="an IDX image file (with --labels)")
     source.add_argument("--bundled", action="store_true", help="caffelike's 5,000 MNIST digits (the default)")
-    c.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images")
+    c.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images; with --generic "
+                                                    "a .npy/.npz of N x K label vectors")
+    c.add_argument("--generic", action="store_true",
+                   help="a DIGITS generic (regression) dataset from arrays: --inputs (N x C x H x W or N x H x W "
+                        ".npy/.npz) and --labels (N x K); input and label LMDBs and the mean")
+    c.add_argument("--inputs", metavar="FILE", help="with --generic: the inputs, .npy or .npz (an .npz may also "
+                                                    "hold labels, val_inputs and val_labels)")
+    c.add_argument("--val-inputs", metavar="FILE", help="with --generic: validation inputs (instead of "
+                                                        "--val-percent)")
+    c.add_argument("--val-labels", metavar="FILE", help="with --generic: validation label vectors")
     c.add_argument("--mnist-part", choices=("train", "test"), default=None,
                    help="which MNIST files --mnist-idx reads (default train, as the DIGITS tutorial)")
     c.add_argument("--image-type", choices=("grayscale", "color"), default=None,
@@ -80,10 +90,36 @@ def source_of(args):
     return dd.bundled_source()
 
 
+def run_generic(args) -> int:
+    from caffelike.cli.progress import ProgressBar
+    from caffelike.digits.dataset import create_generic_dataset
+
+    other = [flag for flag, value in (("--folder", args.folder), ("--mnist-idx", args.mnist_idx),
+                                      ("--images", args.images), ("--bundled", args.bundled)) if value]
+    if other:
+        raise DatasetError(f"--generic reads --inputs and --labels arrays; {', '.join(other)} cannot be used with it")
+    if not args.inputs:
+        raise DatasetError("--generic needs --inputs (a .npy or .npz array of N x C x H x W or N x H x W inputs)")
+    with ProgressBar("Creating dataset", unit="row") as bar:
+        summary = create_generic_dataset(
+            args.out, args.inputs, args.labels, val_inputs=args.val_inputs, val_labels=args.val_labels,
+            val_percent=args.val_percent, seed=args.seed, overwrite=args.overwrite, progress=bar.advance_to)
+    counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
+    print(f"{summary['path']}: {counts} rows, inputs {summary['channels']}x{summary['height']}x{summary['width']} "
+          f"{summary['input_dtype']}, label vectors of {summary['label_dim']}")
+    return 0
+
+
 def run(args) -> int:
     from caffelike.cli.progress import ProgressBar
     from caffelike.digits.dataset import create_dataset
 
+    if args.generic:
+        return run_generic(args)
+    stray = [f for f, v in (("--inputs", args.inputs), ("--val-inputs", args.val_inputs),
+                            ("--val-labels", args.val_labels)) if v]
+    if stray:
+        raise DatasetError(f"{', '.join(stray)} go with --generic")
     with ProgressBar("Creating dataset", unit="img") as bar:
         summary = create_dataset(
             args.out, source_of(args), image_type=args.image_type, size=args.size, resize_mode=args.resize_mode,

@@ -9,7 +9,8 @@ own Solver on a DIGITS dataset folder (docs/torch_models.md).
 
 One engine: `build_net` writes a NetParameter - Data layers on the dataset's train/val LMDBs with its mean, a
 TorchModule layer running the model (its parameters are the net's learnable blobs), a TorchLoss layer, Accuracy
-in TEST - and `TorchModelSolver` is the ordinary Solver over it, whose snapshots are the module's state_dict
+in TEST; on a generic dataset a second Data layer for the label vectors, MSE by default, no Accuracy - and
+`TorchModelSolver` is the ordinary Solver over it, whose snapshots are the module's state_dict
 (`<prefix>_iter_N.pt`, loadable with torch.load(weights_only=True)) beside Caffe's `.solverstate`.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import types
 import torch
 from torch import nn
 
+from caffelike.digits.dataset import GENERIC_FORMAT
 from caffelike.errors import CaffeError, OutputError, shape_str
 from caffelike.format.blobproto import array_to_blob, blob_to_array
 from caffelike.format.files import atomic_write, atomic_write_with
@@ -174,10 +176,20 @@ def read_dataset(folder: str) -> dict:
                          "create`)") from None
     except ValueError as e:
         raise CaffeError(f"{summary_file}: not valid JSON ({e})") from None
-    if summary.get("format") != "digits-image-classification":
-        raise CaffeError(f"{summary_file}: format {summary.get('format')!r} is not supported yet (only "
-                         "digits-image-classification datasets)")
+    if summary.get("format") not in ("digits-image-classification", GENERIC_FORMAT):
+        raise CaffeError(f"{summary_file}: format {summary.get('format')!r} is not supported (only "
+                         f"digits-image-classification and {GENERIC_FORMAT} datasets)")
     return dict(summary, path=folder)
+
+
+def is_generic(dataset: dict) -> bool:
+    """A DIGITS generic (regression) dataset: inputs and label vectors in separate LMDBs."""
+    return dataset.get("format") == GENERIC_FORMAT
+
+
+def label_count(dataset: dict) -> int:
+    """params.nclasses: the classes of a classification dataset, the label vectors' length K of a generic one."""
+    return int(dataset["label_dim"]) if is_generic(dataset) else len(dataset["labels"])
 
 
 def _mean_values(mean_file: str) -> list[float]:
@@ -189,8 +201,8 @@ def _mean_values(mean_file: str) -> list[float]:
 
 
 def _data_layer(name: str, phase: int, source: str, batch_size: int, mean: str, mean_file: str, crop: int,
-                mirror: bool) -> caffe_pb2.LayerParameter:
-    lp = caffe_pb2.LayerParameter(name=name, type="Data", top=["data", "label"])
+                mirror: bool, tops=("data", "label")) -> caffe_pb2.LayerParameter:
+    lp = caffe_pb2.LayerParameter(name=name, type="Data", top=list(tops))
     lp.include.add(phase=phase)
     lp.data_param.source = source
     lp.data_param.backend = caffe_pb2.DataParameter.LMDB
@@ -215,12 +227,21 @@ def build_net(spec: TorchModelSpec, dataset: dict, *, train_batch: int, val_batc
     folder = dataset["path"]
     mean_file = os.path.join(folder, dataset.get("files", {}).get("mean", "mean.binaryproto"))
     net = caffe_pb2.NetParameter(name=os.path.splitext(os.path.basename(spec.path))[0])
-    net.layer.append(_data_layer("train-data", caffe_pb2.TRAIN, os.path.join(folder, "train_db"), train_batch,
-                                 mean, mean_file, crop, mirror))
+    generic = is_generic(dataset)
+    tops = ("data",) if generic else ("data", "label")
+    splits = [("train", caffe_pb2.TRAIN, train_batch)]
     if dataset["counts"].get("val"):
-        net.layer.append(_data_layer("val-data", caffe_pb2.TEST, os.path.join(folder, "val_db"), val_batch, mean,
-                                     mean_file, crop, mirror))
-    loss_spec = LossSpec(spec.loss, spec.label_hook, class_labels=True)
+        splits.append(("val", caffe_pb2.TEST, val_batch))
+    for split, phase, batch in splits:
+        net.layer.append(_data_layer(f"{split}-data", phase, os.path.join(folder, f"{split}_db"), batch, mean,
+                                     mean_file, crop, mirror, tops))
+        if generic:  # the label vectors: a second Data layer over the label LMDB, record i beside input i
+            labels = _data_layer(f"{split}-labels", phase, os.path.join(folder, f"{split}_labels_db"), batch,
+                                 "none", mean_file, 0, False, ("label-vector",))
+            net.layer.append(labels)
+    if generic:  # (N, K, 1, 1) -> (N, K)
+        net.layer.add(name="label-flatten", type="Flatten", bottom=["label-vector"], top=["label"])
+    loss_spec = LossSpec(spec.loss, spec.label_hook, class_labels=not generic)
     model_layer = net.layer.add(name="model", type="TorchModule", bottom=["data"], top=["output"])
     model_layer.python_param.param_str = bind(spec.model, "model")
     for p in spec.model.parameters():  # a frozen parameter (requires_grad False) is neither trained nor decayed
@@ -229,7 +250,7 @@ def build_net(spec: TorchModelSpec, dataset: dict, *, train_batch: int, val_batc
     if spec.label_hook is not None:
         loss_layer.bottom.append("data")
     loss_layer.python_param.param_str = bind(loss_spec, "loss")
-    if spec.label_hook is None and _classifies(spec, dataset, crop, train_batch):
+    if spec.label_hook is None and not generic and _classifies(spec, dataset, crop, train_batch):
         acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["output", "label"], top=["accuracy"])
         acc.include.add(phase=caffe_pb2.TEST)
     return net, [spec.model, loss_spec]
@@ -253,8 +274,12 @@ def check_model(spec: TorchModelSpec, dataset: dict, crop: int = 0) -> tuple[int
     except Exception as e:
         spec.fail(f"the model cannot run on the dataset's input of shape {shape_str(shape)} (N, C, H, W"
                   f"{', cropped' if crop else ''}): {_one_line(e)}")
-    n = len(dataset["labels"])
-    if spec.default_loss and spec.label_hook is None and out != (2, n):
+    n = label_count(dataset)
+    if spec.default_loss and spec.label_hook is None and is_generic(dataset):
+        if out != (2, n):
+            spec.fail(f"the model's output has shape {shape_str(out)} for input {shape_str(shape)}; the default "
+                      f"loss of a generic dataset (MSE) needs (N, {n}), one column per value of its label vectors")
+    elif spec.default_loss and spec.label_hook is None and out != (2, n):
         spec.fail(f"the model's output has shape {shape_str(out)} for input {shape_str(shape)}; the default loss "
                   f"(NLL on log-probabilities) needs (N, {n}), one column per class of the dataset")
     return out
@@ -444,7 +469,9 @@ def make_solver(network: str, dataset: str, *, solver_file: str | None = None, e
     if random_seed is not None:  # the model's initial weights too
         torch.manual_seed(random_seed)
     shape = input_shape(data, crop_size or 0)
-    spec = load_model_file(network, nclasses=len(data["labels"]), input_shape=shape, ngpus=ngpus)
+    spec = load_model_file(network, nclasses=label_count(data), input_shape=shape, ngpus=ngpus)
+    if spec.default_loss and is_generic(data):
+        spec.loss = nn.MSELoss()  # DIGITS' regression criterion for generic datasets
     crop = crop_size or spec.crop_size or 0
     if crop > min(int(data["height"]), int(data["width"])):
         raise CaffeError(f"crop size {crop} is larger than the images of {data['path']} "
