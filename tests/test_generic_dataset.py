@@ -1,4 +1,4 @@
-"""DIGITS' generic (regression) datasets (caffelike.digits.dataset.create_generic_dataset, `caffelike dataset
+"""DIGITS' generic (regression) datasets (caffelike.digits.generic_dataset.create_generic_dataset, `caffelike dataset
 create --generic`) and model files trained on them: a second Data layer for the label vectors, MSE by default,
 zoo/torch-regression and zoo/torch-autoencoder."""
 import json
@@ -15,7 +15,8 @@ from caffelike import zoo
 from caffelike.cli import main
 from caffelike.data.datum import datum_to_array, parse_datum
 from caffelike.data.dbwriter import DatasetError
-from caffelike.digits.dataset import create_dataset, create_generic_dataset
+from caffelike.digits.dataset import create_dataset
+from caffelike.digits.generic_dataset import create_generic_dataset
 from caffelike.digits.torch_model import make_solver
 
 REGRESSION = zoo.path("torch-regression", "regression.py")

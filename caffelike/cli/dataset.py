@@ -92,7 +92,7 @@ def source_of(args):
 
 def run_generic(args) -> int:
     from caffelike.cli.progress import ProgressBar
-    from caffelike.digits.dataset import create_generic_dataset
+    from caffelike.digits.generic_dataset import create_generic_dataset
 
     other = [flag for flag, value in (("--folder", args.folder), ("--mnist-idx", args.mnist_idx),
                                       ("--images", args.images), ("--bundled", args.bundled)) if value]

@@ -25,7 +25,7 @@ import types
 import torch
 from torch import nn
 
-from caffelike.digits.dataset import GENERIC_FORMAT
+from caffelike.digits.generic_dataset import GENERIC_FORMAT
 from caffelike.errors import CaffeError, OutputError, shape_str
 from caffelike.format.blobproto import array_to_blob, blob_to_array
 from caffelike.format.files import atomic_write, atomic_write_with
