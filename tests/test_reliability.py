@@ -234,3 +234,25 @@ def test_large_nets_build_with_a_progress_bar_on_a_terminal(monkeypatch):
     layers += [f'layer {{ name: "r{i}" type: "ReLU" bottom: "x" top: "x" }}' for i in range(400)]
     caffe.Net(parse_net("\n".join(layers)), caffe.TEST)
     assert "Building net" in terminal.getvalue() and "/401" in terminal.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def test_a_negative_input_dimension_names_the_layer():
+    text = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: -3 } } }'
+    with pytest.raises(caffe.LayerError, match=r'Input layer "in": top "x" of shape \(2, -3\) would have a negative'):
+        caffe.Net(parse_net(text), caffe.TEST)
+
+
+def test_weights_too_large_for_the_memory_are_refused_before_allocating(monkeypatch):
+    """With overcommit such an allocation does not fail: filling it gets the process killed.  The limit is
+    faked small here so that the test allocates nothing large."""
+    from caffelike.core import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 30)
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 200000000 } }')
+    with pytest.raises(caffe.LayerError, match=r'InnerProduct layer "ip": parameter blob 0 of shape \(200000000, 3\) '
+                                               r"cannot be allocated: it needs 2,400,000,000 bytes, more than 80% "
+                                               r"of the 1,073,741,824 bytes"):
+        caffe.Net(parse_net(text), caffe.TEST)
