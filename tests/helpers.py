@@ -228,3 +228,25 @@ def lenet_train_solver(batch_size: int, base_lr: float = 0.01):
                                       max_iter=4, display=0, snapshot_after_train=False, random_seed=3)
     param.net_param.CopyFrom(net)
     return Solver(param)
+
+
+# A Python-layer module that leaves a `<module>.imported` file beside itself when it is imported: the consent
+# tests check by it that a model folder's code never ran.  Its layer `Ten` multiplies by ten.
+MARKED_MODULE = """
+import pathlib
+
+import caffe
+
+pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
+
+
+class Ten(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 10 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 10 * top[0].diff
+"""

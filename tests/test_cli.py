@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import MARKED_MODULE
 import torch
 
 from caffelike import zoo
@@ -95,24 +96,6 @@ def test_digits_pretrained_scores_the_shipped_weights(capsys):
 
 # ------------------------------------------------------------------------ Python layers from the model's folder
 TRUST = "CAFFELIKE_TRUST_MODEL_DIR"
-MARKED = """
-import pathlib
-
-import caffe
-
-pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
-
-
-class Ten(caffe.Layer):
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = 10 * bottom[0].data
-
-    def backward(self, top, propagate_down, bottom):
-        bottom[0].diff[...] = 10 * top[0].diff
-"""
 
 
 def python_model(tmp_path, module):
@@ -120,7 +103,7 @@ def python_model(tmp_path, module):
     `<module>.imported` there when it is imported."""
     folder = tmp_path / "downloaded"
     folder.mkdir()
-    (folder / f"{module}.py").write_text(MARKED)
+    (folder / f"{module}.py").write_text(MARKED_MODULE)
     layer = f'layer {{ name: "ten" type: "Python" bottom: "x" top: "x10" python_param {{ module: "{module}" ' \
             'layer: "Ten" } }\n'
     text = NET.replace('bottom: "x" top: "y"', 'bottom: "x10" top: "y"').replace('layer { name: "ip"',

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from caffelike.layers.python import EXTRA_PATHS, add_python_path
+from helpers import MARKED_MODULE
 
 import caffelike as caffe
 from caffelike.format.prototxt import parse_net
@@ -323,21 +324,6 @@ def test_python_layer_on_gpu(folder):
 
 
 # ------------------------------------------------------------------------- consent for the model folder's code
-MARKED = '''
-import pathlib
-
-import caffe
-
-pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
-
-
-class TimesTen(caffe.Layer):
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = 10 * bottom[0].data
-'''
 
 
 def model_folder(tmp_path, module):
@@ -345,15 +331,15 @@ def model_folder(tmp_path, module):
     beside itself when it is imported."""
     models = tmp_path / "model"
     models.mkdir()
-    (models / f"{module}.py").write_text(MARKED)
-    (models / "net.prototxt").write_text(net_text(py("occlude", "TimesTen", "data", "out").replace(
+    (models / f"{module}.py").write_text(MARKED_MODULE)
+    (models / "net.prototxt").write_text(net_text(py("occlude", "Ten", "data", "out").replace(
         "pylayers", module)))
     return models
 
 
 def check_refusal(err, module_file, place="the model's folder"):
     message = str(err.value)
-    assert message.startswith(f'Python layer "occlude" ({module_file.stem}.TimesTen) would import {module_file} '
+    assert message.startswith(f'Python layer "occlude" ({module_file.stem}.Ten) would import {module_file} '
                               f"from {place}"), message
     for way in ("--trust-model-dir", "trust_python=True", "CAFFELIKE_TRUST_MODEL_DIR=1"):
         assert way in message
@@ -432,7 +418,7 @@ def test_a_module_on_sys_path_wins_over_the_untrusted_folder(tmp_path, monkeypat
     models = model_folder(tmp_path, "consent_shadowed")
     elsewhere = tmp_path / "site"
     elsewhere.mkdir()
-    (elsewhere / "consent_shadowed.py").write_text(MODULE)
+    (elsewhere / "consent_shadowed.py").write_text(MARKED_MODULE)  # (its marker lands in site/, not in the model folder)
     monkeypatch.syspath_prepend(str(elsewhere))
     caffe.Net(str(models / "net.prototxt"), caffe.TEST)
     assert not (models / "consent_shadowed.imported").exists()

@@ -4,6 +4,7 @@ import re
 import signal
 
 import pytest
+from helpers import MARKED_MODULE
 
 from caffelike.cli import main
 from caffelike.train.signals import SignalHandler
@@ -100,29 +101,11 @@ def test_precision_and_compile_flags(solver_file, tmp_path, capsys, monkeypatch)
     assert "Optimization Done." in messages(capsys.readouterr().err)
 
 
-PYTHON_LAYER = """
-import pathlib
-
-import caffe
-
-pathlib.Path(__file__).with_suffix(".imported").write_text("the module ran")
-
-
-class Ten(caffe.Layer):
-    def reshape(self, bottom, top):
-        top[0].reshape(*bottom[0].data.shape)
-
-    def forward(self, bottom, top):
-        top[0].data[...] = 10 * bottom[0].data
-
-    def backward(self, top, propagate_down, bottom):
-        bottom[0].diff[...] = 10 * top[0].diff
-"""
 
 
 def test_trust_model_dir_lets_train_run_the_models_python_layer(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
-    (tmp_path / "train_layers.py").write_text(PYTHON_LAYER)
+    (tmp_path / "train_layers.py").write_text(MARKED_MODULE)
     (tmp_path / "net.prototxt").write_text(NET.replace('bottom: "x" top: "y"', 'bottom: "x10" top: "y"').replace(
         'layer { name: "ip"', 'layer { name: "ten" type: "Python" bottom: "x" top: "x10" '
                               'python_param { module: "train_layers" layer: "Ten" } }\nlayer { name: "ip"'))
