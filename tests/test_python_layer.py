@@ -417,8 +417,8 @@ def test_a_module_on_sys_path_wins_over_the_untrusted_folder(tmp_path, monkeypat
     monkeypatch.delenv("CAFFELIKE_TRUST_MODEL_DIR", raising=False)
     models = model_folder(tmp_path, "consent_shadowed")
     elsewhere = tmp_path / "site"
-    elsewhere.mkdir()
-    (elsewhere / "consent_shadowed.py").write_text(MARKED_MODULE)  # (its marker lands in site/, not in the model folder)
+    elsewhere.mkdir()  # (a module of the same name, on sys.path)
+    (elsewhere / "consent_shadowed.py").write_text(MARKED_MODULE)
     monkeypatch.syspath_prepend(str(elsewhere))
     caffe.Net(str(models / "net.prototxt"), caffe.TEST)
     assert not (models / "consent_shadowed.imported").exists()

@@ -153,7 +153,6 @@ class NetGraph(nn.Module):
             layer = cls(lp, lp.phase)
             layer.check_blob_counts(len(lp.bottom), len(lp.top))
             plan = LayerPlan(list(lp.bottom), list(lp.top))
-            index = len(self._layers)
 
             need_backward = False
             for j, b in enumerate(lp.bottom):
@@ -197,7 +196,6 @@ class NetGraph(nn.Module):
             self._layers.append(layer)
             self.plans.append(plan)
             self.layer_modules[_module_key(lp.name, keys, self.layer_modules)] = layer
-            assert len(self._layers) == index + 1
         if total >= BUILD_PROGRESS_FROM:
             for listener in BUILD_LISTENERS:
                 listener(total, total)
