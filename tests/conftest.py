@@ -1,7 +1,8 @@
 """Suite-wide settings: one torch thread (tiny tensors run faster and steadier without a thread pool) and a
-`gpu` marker that skips where torch sees no CUDA device."""
+`gpu` marker that skips where torch sees no CUDA device; the fuzz suites' fixtures."""
 import pytest
 import torch
+from fuzzing import case_dir, tiny  # noqa: F401  (fixtures of the fuzz suites, test_fuzz*.py)
 
 torch.set_num_threads(1)
 
