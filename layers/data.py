@@ -54,6 +54,9 @@ class _Source(Layer):
     backward_free = True
     runs_eagerly = True
 
+    # Records in one pass over the source (None where unknown): what the Solver's epochs count.
+    epoch_records: int | None = None
+
     def __init__(self, param, phase):
         super().__init__(param, phase)
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
@@ -186,6 +189,10 @@ class Data(_Prefetching):
         self._shapes = [shape, (self.batch_size,)][:self.num_tops]
         self._item_size = pixels.size
 
+    @property
+    def epoch_records(self) -> int | None:
+        return self.db.entries if getattr(self, "db", None) is not None else None
+
     def _read(self, record):
         key, value = record
         where = f"{self.where}: record {key.decode('utf-8', 'backslashreplace')!r} of {self.db.source!r}"
@@ -232,6 +239,10 @@ class ImageData(_Prefetching):
     """
 
     exact_tops = 2
+
+    @property
+    def epoch_records(self) -> int | None:
+        return len(self.lines) if hasattr(self, "lines") else None
 
     def setup(self, bottom_shapes):
         p = self.param.image_data_param

@@ -159,6 +159,65 @@ def test_fine_tune_hook(tmp_path, digits):
     assert not torch.equal(model[3].weight, last)
 
 
+# ------------------------------------------------------------------------------------- torchnet's engine pattern
+def test_engine_hooks_and_meters_fire_for_model_files(tmp_path, digits):
+    """Torchnet's pattern on a model file: every hook fires in order, on_end_epoch once per pass over the 3,750
+    training digits, and a ClassErrorMeter fed in on_forward and reset each epoch measures training accuracy."""
+    from caffelike.train.meters import AverageValueMeter, ClassErrorMeter
+
+    text = QUICK.replace("max_iter: 4", "max_iter: 600").replace("base_lr: 0.0001", "base_lr: 0.01") \
+        .replace("test_interval: 1000", "test_interval: 300") + \
+        'snapshot: 300 snapshot_prefix: "%s"\n' % (tmp_path / "h")
+    solver = make_solver(LINEAR, digits, solver_file=solver_file(tmp_path, text), batch_size=16)
+    events, epochs = [], []
+    accuracy, loss = ClassErrorMeter(topk=(1,), accuracy=True), AverageValueMeter()
+
+    def on_forward(s):
+        accuracy.add(s.net.blobs["output"].data, s.net.blobs["label"].data)
+        loss.add(float(s.net.blobs["loss"].data))
+
+    def on_end_epoch(s):
+        epochs.append((s.iter, s.epoch, accuracy.value(1), loss.value()[0]))
+        accuracy.reset()
+        loss.reset()
+
+    for event in ("on_start", "on_sample", "on_backward", "on_update", "on_test", "on_snapshot", "on_end"):
+        solver.add_hook(event, lambda s, *args, e=event: events.append(e))
+    solver.add_hook("on_forward", on_forward)
+    solver.add_hook("on_end_epoch", on_end_epoch)
+    solver.solve()
+    # 16 x 600 = 9,600 samples: epochs end after iterations 235 (3,760 >= 3,750) and 469
+    assert [it for it, *_ in epochs] == [235, 469]
+    assert epochs[0][1] == pytest.approx(235 * 16 / 3750)
+    assert epochs[1][2] > epochs[0][2] > 50  # percent, as torchnet's meter gives it
+    assert events[:4] == ["on_start", "on_sample", "on_backward", "on_update"]
+    assert events.count("on_update") == 600 and events.count("on_snapshot") == 2 and events[-1] == "on_end"
+    assert "on_test" in events
+
+
+def test_epoch_events_for_a_caffe_net(tmp_path):
+    """The same event for a prototxt's Data layer: 20 records, batch 8, iter_size 2: 16 records per iteration."""
+    from caffelike.data.datum import array_to_datum
+    from caffelike.data.dbwriter import LmdbWriter
+
+    with LmdbWriter(str(tmp_path / "db")) as db:
+        for i in range(20):
+            db.put(b"%08d" % i, array_to_datum(np.full((1, 2, 2), i, np.uint8), i % 2).SerializeToString())
+    net = f"""layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "{tmp_path / 'db'}"
+                 batch_size: 8 backend: LMDB }} }}
+               layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 }} }}
+               layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}"""
+    param = text_format.Parse('base_lr: 0.01 lr_policy: "fixed" max_iter: 10 iter_size: 2 display: 0 '
+                              'snapshot_after_train: false', caffe_pb2.SolverParameter())
+    param.net_param.CopyFrom(text_format.Parse(net, caffe_pb2.NetParameter()))
+    solver = Solver(param)
+    ends = []
+    solver.add_hook("on_end_epoch", lambda s: ends.append((s.iter, s.epoch)))
+    solver.solve()
+    assert [it for it, _ in ends] == [2, 3, 4, 5, 7, 8, 9, 10]  # floor(16 i / 20) grows
+    assert ends[0][1] == pytest.approx(1.6)
+
+
 # ----------------------------------------------------------------------------------------------------- resume
 def test_snapshot_and_exact_resume(tmp_path, digits):
     text = QUICK.replace("max_iter: 4", "max_iter: 6") + 'snapshot: 3 snapshot_prefix: "%s"\n'

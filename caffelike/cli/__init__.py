@@ -5,6 +5,7 @@
     caffelike time --model=net.prototxt [--iterations 50] [--gpu 0] [--phase TRAIN]
     caffelike device_query [--gpu 0]
     caffelike digits [--count 1000]           LeNet on the bundled MNIST digits
+    caffelike serve [--port 5000]              the DIGITS-like web application on http://127.0.0.1:5000
 
 Flags may be written `--flag=value`, `--flag value` or Caffe's single-dash `-flag value`.
 """
@@ -36,6 +37,8 @@ COMMANDS = {
     "compute_image_mean": ("caffelike.cli.compute_image_mean", "compute the mean image of a Datum database"),
     "draw": ("caffelike.cli.draw_net", "draw a net's graph (PNG/SVG/PDF via graphviz, or DOT text)"),
     "dataset": ("caffelike.cli.dataset", "create a DIGITS image-classification dataset (LMDBs, mean, labels)"),
+    "serve": ("caffelike.cli.serve", "start the DIGITS-like web application (datasets, models, live training, "
+                                     "tests)"),
     "classify": ("caffelike.cli.classify", "classify an image with a deploy net (top-5), optionally writing a "
                                              "DIGITS-style visual report"),
 }

@@ -28,7 +28,8 @@ from caffelike.train.validate import check_solver
 
 log = logging.getLogger("caffelike")
 
-EVENTS = ("on_start", "on_sample", "on_forward", "on_backward", "on_update", "on_test", "on_snapshot", "on_end")
+EVENTS = ("on_start", "on_sample", "on_forward", "on_backward", "on_update", "on_end_epoch", "on_test", "on_snapshot",
+          "on_end")
 
 
 class TrainingError(CaffeError):
@@ -176,7 +177,8 @@ class Solver:
     # --------------------------------------------------------------------------------------------------- hooks
     def add_hook(self, event: str, fn) -> None:
         """Call fn(solver) at `event`: on_start, on_sample (before each forward pass), on_forward (loss known),
-        on_backward (gradients ready), on_update (after the update), on_test (fn(solver, test_net_index,
+        on_backward (gradients ready), on_update (after the update), on_end_epoch (after the update that
+        completes a pass over the training data: see `epoch`), on_test (fn(solver, test_net_index,
         outputs)), on_snapshot (fn(solver, model_path, state_path)), on_end."""
         if event not in EVENTS:
             raise CaffeError(f"unknown hook event {event!r}; events are {', '.join(EVENTS)}")
@@ -202,6 +204,28 @@ class Solver:
     def smoothed_loss(self) -> float:
         """Caffe's displayed loss: the mean of the last `average_loss` iteration losses since step() began."""
         return self.loss_meter.value()
+
+    @property
+    def epoch(self) -> float | None:
+        """Passes over the training data so far: iterations x batch_size x iter_size / records of the train
+        net's first data layer that knows its record count (Data, ImageData); None when none does."""
+        size = self._epoch_size()
+        return None if size is None else self.iter * size[1] / size[0]
+
+    def _epoch_size(self) -> tuple[int, int] | None:
+        """(records per epoch, records per iteration), or None."""
+        for layer in self.net.layer_list:
+            records = getattr(layer, "epoch_records", None)
+            if records:
+                return records, layer.batch_size * max(1, self.param.iter_size)
+        return None
+
+    def _epoch_ended(self) -> bool:
+        size = self._epoch_size()
+        if size is None:
+            return False
+        records, per_iter = size
+        return self.iter * per_iter // records > (self.iter - 1) * per_iter // records
 
     def forward_backward(self) -> float:
         """One pass over the train net: Caffe's Net::ForwardBackward, gradients accumulating in the params."""
@@ -266,6 +290,8 @@ class Solver:
             self.apply_update(display)
             self.iter += 1
             self._fire("on_update")
+            if self._epoch_ended():
+                self._fire("on_end_epoch")
             action = self.requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
                 self.snapshot()
