@@ -1,6 +1,7 @@
 """DIGITS' generic (regression) datasets (caffelike.digits.generic_dataset.create_generic_dataset, `caffelike dataset
 create --generic`) and model files trained on them: a second Data layer for the label vectors, MSE by default,
-zoo/torch-regression and zoo/torch-autoencoder."""
+zoo/torch-regression and zoo/torch-autoencoder; and DIGITS' Caffe model files (caffelike.digits.model_files) on
+them: two Data layers per phase."""
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from caffelike.proto import caffe_pb2
+from google.protobuf import text_format
 
 from caffelike import zoo
 from caffelike.cli import main
@@ -17,7 +19,11 @@ from caffelike.data.datum import datum_to_array, parse_datum
 from caffelike.data.dbwriter import DatasetError
 from caffelike.digits.dataset import create_dataset
 from caffelike.digits.generic_dataset import create_generic_dataset
-from caffelike.digits.torch_model import make_solver
+from caffelike.digits.model_files import write_model_files
+from caffelike.digits.torch_training import make_solver
+from caffelike.errors import PrototxtError
+from caffelike.format.prototxt import read_net
+from caffelike.train.solver import Solver
 
 REGRESSION = zoo.path("torch-regression", "regression.py")
 AUTOENCODER = zoo.path("torch-autoencoder", "autoencoder.py")
@@ -169,3 +175,93 @@ def test_autoencoder_on_a_classification_dataset(tmp_path):
     assert "accuracy" not in solver.test_nets[0].outputs
     solver.solve()
     assert solver.iter == 3
+
+
+# --------------------------------------------------------------------------- Caffe prototxt nets (model_files)
+DATA_LAYERS = """
+layer { name: "train-data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 10 } }
+layer { name: "train-label" type: "Data" top: "label" include { stage: "train" } data_param { batch_size: 10 } }
+layer { name: "val-data" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 20 } }
+layer { name: "val-label" type: "Data" top: "label" include { stage: "val" } data_param { batch_size: 20 } }
+"""
+REGRESSOR = """
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" exclude { stage: "deploy" } }
+"""
+
+
+def parse_net(path):
+    return text_format.Parse(open(path).read(), caffe_pb2.NetParameter())  # as written: no upgrade of `input`
+
+
+def data_layers(path):
+    return [(lp.name, list(lp.top), os.path.basename(lp.data_param.source), lp.data_param.batch_size,
+             bool(lp.transform_param.mean_file), [r.phase for r in lp.include])
+            for lp in read_net(path).layer if lp.type == "Data"]
+
+
+def test_caffe_net_trains_on_a_generic_dataset(tmp_path, monkeypatch):
+    """DIGITS' stage-based regression net (Data layers 'data' and 'label' per stage, InnerProduct, EuclideanLoss
+    outside deploy): each phase reads the inputs (with the mean) and the label vectors (without) in the same
+    batches, record i beside record i, so the label blob is y = xW + b of the data blob and SGD fits it."""
+    rng = np.random.RandomState(4)
+    x = rng.rand(400, 1, 4, 4).astype(np.float32)
+    w, b = rng.randn(16, 3), rng.randn(3)
+    folder = create_generic_dataset(str(tmp_path / "ds"), x, x.reshape(400, -1) @ w + b, seed=2)["path"]
+    network = tmp_path / "net.prototxt"
+    network.write_text(DATA_LAYERS + REGRESSOR)
+    job = tmp_path / "job"
+    info = write_model_files(str(network), folder, str(job), epochs=10, base_lr=0.05, random_seed=1)
+    assert info["generic"] and info["label_dim"] == 3 and info["counts"] == {"train": 300, "val": 100}
+    train, test = caffe_pb2.TRAIN, caffe_pb2.TEST
+    assert data_layers(info["files"]["train_val"]) == [
+        ("train-data", ["data"], "train_db", 10, True, [train]),
+        ("train-label", ["label"], "train_labels_db", 10, False, [train]),
+        ("val-data", ["data"], "val_db", 20, True, [test]),
+        ("val-label", ["label"], "val_labels_db", 20, False, [test])]
+    deploy = parse_net(info["files"]["deploy"])
+    assert list(deploy.input_shape[0].dim) == [1, 1, 4, 4] and [lp.name for lp in deploy.layer] == ["ip"]
+    monkeypatch.chdir(job)  # the solver's snapshot prefix is relative, as DIGITS writes it
+    solver = Solver(info["files"]["solver"])
+    assert list(solver.param.test_iter) == [5] and solver.param.max_iter == 300
+    with open(os.path.join(folder, "mean.binaryproto"), "rb") as f:
+        mean = np.array(caffe_pb2.BlobProto.FromString(f.read()).data).reshape(1, 1, 4, 4)
+    for net in (solver.net, solver.test_nets[0]):
+        net.forward()
+        inputs = net.blobs["data"].data + mean
+        np.testing.assert_allclose(net.blobs["label"].data.reshape(-1, 3), inputs.reshape(-1, 16) @ w + b,
+                                   rtol=1e-4, atol=1e-4)
+    solver.solve()
+    losses = [v for _, v in solver.history["train"]["loss"]]
+    assert np.mean(losses[-10:]) < min(1e-2, np.mean(losses[:5]) / 100), (losses[:5], losses[-10:])
+    assert solver.history["test"]["loss"][-1][1] < 1e-2
+
+
+def test_caffe_net_data_layers_on_a_generic_dataset(tmp_path, linear):
+    """Without Data layers the four are made (DIGITS' names, batch 16); a job batch size and crop apply to both /
+    the inputs; a net that cannot pair inputs and labels is refused by name."""
+    network = tmp_path / "net.prototxt"
+    network.write_text(REGRESSOR)
+    info = write_model_files(str(network), linear, str(tmp_path / "made"), batch_size=25, crop_size=3)
+    assert [(n, t, s, bs) for n, t, s, bs, _, _ in data_layers(info["files"]["train_val"])] == [
+        ("train-data", ["data"], "train_db", 25), ("train-label", ["label"], "train_labels_db", 25),
+        ("val-data", ["data"], "val_db", 25), ("val-label", ["label"], "val_labels_db", 25)]
+    layers = {lp.name: lp for lp in read_net(info["files"]["train_val"]).layer}
+    assert layers["train-data"].transform_param.crop_size == 3 and not layers["train-label"].HasField(
+        "transform_param")
+    assert list(parse_net(info["files"]["deploy"]).input_shape[0].dim) == [1, 1, 3, 3]
+
+    cases = {
+        "tops": ('layer { name: "both" type: "Data" top: "data" top: "label" }',
+                 r"'both' has tops \['data', 'label'\]: .* two Data layers per phase"),
+        "two": (DATA_LAYERS + 'layer { name: "more" type: "Data" top: "data" include { stage: "val" } }',
+                "'val-data' and 'more': two val Data layers with a 'data' top"),
+        "batch": (DATA_LAYERS.replace("batch_size: 20 } }\n", "batch_size: 5 } }\n", 1),
+                  "'val-data' and 'val-label': batch sizes 5 and 20"),
+        "num_output": (REGRESSOR.replace("num_output: 3 ", ""), "'ip': an InnerProduct .* must set .*num_output"),
+    }
+    for name, (text, message) in cases.items():
+        network.write_text(text if name == "tops" else text + REGRESSOR * (name != "num_output"))
+        with pytest.raises(PrototxtError, match=message):
+            write_model_files(str(network), linear, str(tmp_path / name))

@@ -13,11 +13,8 @@ from google.protobuf import text_format
 from caffelike import zoo
 from caffelike.cli import main
 from caffelike.digits.dataset import create_dataset
-from caffelike.digits.torch_model import (
-    ModelFileError,
-    load_model_file,
-    make_solver,
-)
+from caffelike.digits.torch_model import ModelFileError, load_model_file
+from caffelike.digits.torch_training import make_solver
 from caffelike.errors import CaffeError
 from caffelike.format.prototxt import read_net
 from caffelike.train.solver import Solver

@@ -39,8 +39,8 @@ COMMANDS = {
     "dataset": ("caffelike.cli.dataset", "create a DIGITS image-classification dataset (LMDBs, mean, labels)"),
     "serve": ("caffelike.cli.serve", "start the DIGITS-like web application (datasets, models, live training, "
                                      "tests)"),
-    "classify": ("caffelike.cli.classify", "classify an image with a deploy net (top-5), optionally writing a "
-                                             "DIGITS-style visual report"),
+    "classify": ("caffelike.cli.classify", "classify an image with a deploy net or a PyTorch model file (top-5), "
+                                             "optionally writing a DIGITS-style visual report"),
 }
 
 _SINGLE_DASH = re.compile(r"^-([A-Za-z_][A-Za-z0-9_]+)(=.*)?$")

@@ -4,6 +4,7 @@
     caffelike dataset create --out mnist_ds --mnist-idx ~/mnist      train-images-idx3-ubyte[.gz] & labels
     caffelike dataset create --out pets --folder ~/pets --size 64x64 one sub-folder per class
     caffelike dataset create --generic --out reg --inputs x.npy --labels y.npy   a generic (regression) dataset
+    caffelike dataset create --generic --out reg --labels values.csv --folder ~/imgs   ... from images and values
 
 Writes labels.txt, train.txt, val.txt, train_db/, val_db/, mean.binaryproto, mean.jpg and dataset.json with
 DIGITS' defaults (25% validation, PNG-encoded Datums, squash resizing, at least 2 images per class); see
@@ -25,26 +26,33 @@ def add_arguments(p) -> None:
                        description="Build a DIGITS image-classification dataset (LMDBs, mean, labels).")
     c.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to create")
     source = c.add_mutually_exclusive_group()
-    source.add_argument("--folder", metavar="PATH", help="a folder of class sub-folders of images")
+    source.add_argument("--folder", metavar="PATH", help="a folder of class sub-folders of images; with --generic "
+                                                         "--labels FILE, the folder its image paths start from "
+                                                         "(default: the label file's folder)")
     source.add_argument("--mnist-idx", metavar="DIR", help="a folder holding MNIST's IDX files (gzipped or not, "
                                                            "LeCun's or DIGITS' names)")
     source.add_argument("--images", metavar="FILE", help="an IDX image file (with --labels)")
     source.add_argument("--bundled", action="store_true", help="caffelike's 5,000 MNIST digits (the default)")
     c.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images; with --generic "
-                                                    "a .npy/.npz of N x K label vectors")
+                                                    "and --inputs a .npy/.npz of N x K label vectors; with --generic "
+                                                    "alone a label file: lines 'image-path v1 v2 ...' (or a .csv: "
+                                                    "path,v1,v2,...)")
     c.add_argument("--generic", action="store_true",
-                   help="a DIGITS generic (regression) dataset from arrays: --inputs (N x C x H x W or N x H x W "
-                        ".npy/.npz) and --labels (N x K); input and label LMDBs and the mean")
+                   help="a DIGITS generic (regression) dataset: input and label LMDBs and the mean, from arrays "
+                        "(--inputs N x C x H x W or N x H x W .npy/.npz, --labels N x K) or from images (--labels "
+                        "FILE listing image paths and values, [--folder ROOT], --size, --image-type, ...)")
     c.add_argument("--inputs", metavar="FILE", help="with --generic: the inputs, .npy or .npz (an .npz may also "
                                                     "hold labels, val_inputs and val_labels)")
     c.add_argument("--val-inputs", metavar="FILE", help="with --generic: validation inputs (instead of "
                                                         "--val-percent)")
-    c.add_argument("--val-labels", metavar="FILE", help="with --generic: validation label vectors")
+    c.add_argument("--val-labels", metavar="FILE", help="with --generic: validation label vectors (with "
+                                                        "--val-inputs), or a validation label file")
     c.add_argument("--mnist-part", choices=("train", "test"), default=None,
                    help="which MNIST files --mnist-idx reads (default train, as the DIGITS tutorial)")
     c.add_argument("--image-type", choices=("grayscale", "color"), default=None,
-                   help="default: grayscale for MNIST sources, color for --folder")
-    c.add_argument("--size", default="28x28", metavar="HxW", help="image height x width (default 28x28)")
+                   help="default: grayscale for MNIST sources, color for --folder and generic label files")
+    c.add_argument("--size", default=None, metavar="HxW", help="image height x width (default 28x28; for a "
+                                                               "generic label file, the first image's size)")
     c.add_argument("--resize-mode", choices=("squash", "crop", "fill", "half_crop"), default="squash",
                    help="how images of another shape are fitted (default squash)")
     c.add_argument("--val-percent", type=percent, default=25, metavar="PCT",
@@ -93,13 +101,34 @@ def source_of(args):
 def run_generic(args) -> int:
     from caffelike.cli.progress import ProgressBar
     from caffelike.digits.generic_dataset import create_generic_dataset
+    from caffelike.digits.generic_images import create_generic_image_dataset
 
-    other = [flag for flag, value in (("--folder", args.folder), ("--mnist-idx", args.mnist_idx),
-                                      ("--images", args.images), ("--bundled", args.bundled)) if value]
+    other = [flag for flag, value in (("--mnist-idx", args.mnist_idx), ("--images", args.images),
+                                      ("--bundled", args.bundled), ("--test-percent", args.test_percent)) if value]
     if other:
-        raise DatasetError(f"--generic reads --inputs and --labels arrays; {', '.join(other)} cannot be used with it")
+        raise DatasetError(f"--generic reads --inputs and --labels arrays or a --labels file of images and values; "
+                           f"{', '.join(other)} cannot be used with it")
+    if not args.inputs and args.labels and not args.labels.lower().endswith((".npy", ".npz")):
+        if args.val_inputs:
+            raise DatasetError("--val-inputs goes with --inputs (arrays); a label file's validation set is "
+                               "--val-labels FILE")
+        with ProgressBar("Creating dataset", unit="img") as bar:
+            summary = create_generic_image_dataset(
+                args.out, args.labels, root=args.folder, val_label_file=args.val_labels, size=args.size,
+                image_type=args.image_type, resize_mode=args.resize_mode, encoding=args.encoding,
+                val_percent=args.val_percent, seed=args.seed, overwrite=args.overwrite, progress=bar.advance_to)
+        counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
+        print(f"{summary['path']}: {counts} images {summary['height']}x{summary['width']} {summary['image_type']}, "
+              f"label vectors of {summary['label_dim']}")
+        return 0
     if not args.inputs:
-        raise DatasetError("--generic needs --inputs (a .npy or .npz array of N x C x H x W or N x H x W inputs)")
+        raise DatasetError("--generic needs --inputs (a .npy or .npz array of N x C x H x W or N x H x W inputs) "
+                           "or --labels FILE (a label file of image paths and their values)")
+    stray = [flag for flag, value in (("--folder", args.folder), ("--size", args.size),
+                                      ("--image-type", args.image_type)) if value]
+    if stray:
+        raise DatasetError(f"{', '.join(stray)} go with a label file of images (--generic --labels FILE), not "
+                           "with --inputs arrays")
     with ProgressBar("Creating dataset", unit="row") as bar:
         summary = create_generic_dataset(
             args.out, args.inputs, args.labels, val_inputs=args.val_inputs, val_labels=args.val_labels,
@@ -122,7 +151,8 @@ def run(args) -> int:
         raise DatasetError(f"{', '.join(stray)} go with --generic")
     with ProgressBar("Creating dataset", unit="img") as bar:
         summary = create_dataset(
-            args.out, source_of(args), image_type=args.image_type, size=args.size, resize_mode=args.resize_mode,
+            args.out, source_of(args), image_type=args.image_type, size=args.size or "28x28",
+            resize_mode=args.resize_mode,
             val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
             min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
             overwrite=args.overwrite, progress=bar.advance_to)

@@ -41,7 +41,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from caffelike.cli.train import run_training, select_device
     from caffelike.core import runtime
-    from caffelike.digits.torch_model import make_solver
+    from caffelike.digits.torch_training import make_solver
     from caffelike.proto import caffe_pb2
 
     if not args.network or not args.dataset:

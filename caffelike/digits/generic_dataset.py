@@ -1,6 +1,7 @@
 """DIGITS' generic (regression) datasets: inputs and label vectors as two LMDBs side by side, built from
 .npy/.npz arrays.  The folder, staging and writing are the image-classification datasets' own
-(caffelike.digits.dataset); `create_generic_dataset` is the entry point.
+(caffelike.digits.dataset); `create_generic_dataset` is the entry point.  From images and a label file instead:
+caffelike.digits.generic_images.
 """
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import numpy as np
 
 from caffelike.data.datum import array_to_datum
 from caffelike.data.dbwriter import DatasetError, LmdbWriter
-from caffelike.digits.dataset import _check_destination, _StagedFolder, _write_bytes, _write_text, round_half_away
+from caffelike.digits.dataset import (
+    _check_destination,
+    _StagedFolder,
+    _write_bytes,
+    _write_text,
+    round_half_away,
+)
 from caffelike.proto import caffe_pb2
 
 log = logging.getLogger("caffelike")
@@ -64,6 +71,22 @@ def _generic_labels(arr: np.ndarray, n: int, where: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def split_rows(n: int, val_percent: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of n rows: one seeded shuffle, the first round(n * val_percent / 100)
+    (DIGITS' rounding, at least one when asked for and n > 1) for validation, the rest for training."""
+    if not 0 <= val_percent < 100:
+        raise DatasetError(f"the validation percentage must be 0 to under 100, got {val_percent}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = round_half_away(n * val_percent / 100)
+    if val_percent and not n_val and n > 1:
+        n_val = 1
+    if n_val >= n:
+        raise DatasetError(f"{n} rows leave no training data with {val_percent}% for validation")
+    idx = np.asarray(order, dtype=np.int64)
+    return idx[n_val:], idx[:n_val]
+
+
 def create_generic_dataset(out: str, inputs, labels=None, *, val_inputs=None, val_labels=None,
                            val_percent: float = 25, seed: int = 0, overwrite: bool = False,
                            progress=None) -> dict:
@@ -108,19 +131,10 @@ def create_generic_dataset(out: str, inputs, labels=None, *, val_inputs=None, va
         splits = {"train": (x, y), "val": (vx, vy)}
         val_percent = None
     else:
-        if not 0 <= val_percent < 100:
-            raise DatasetError(f"the validation percentage must be 0 to under 100, got {val_percent}")
-        order = list(range(len(x)))
-        random.Random(seed).shuffle(order)
-        n_val = round_half_away(len(x) * val_percent / 100)
-        if val_percent and not n_val and len(x) > 1:
-            n_val = 1
-        if n_val >= len(x):
-            raise DatasetError(f"{len(x)} rows leave no training data with {val_percent}% for validation")
-        idx = np.asarray(order, dtype=np.int64)
-        splits = {"train": (x[idx[n_val:]], y[idx[n_val:]])}
-        if n_val:
-            splits["val"] = (x[idx[:n_val]], y[idx[:n_val]])
+        train_idx, val_idx = split_rows(len(x), val_percent, seed)
+        splits = {"train": (x[train_idx], y[train_idx])}
+        if len(val_idx):
+            splits["val"] = (x[val_idx], y[val_idx])
     out = os.path.abspath(os.fspath(out))
     _check_destination(out, overwrite)
     channels, height, width = (int(d) for d in x.shape[1:])

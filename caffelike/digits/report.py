@@ -48,19 +48,32 @@ class Row:
         self.stats, self.pic, self.path = stats, pic, path
 
 
-def _blob_style(net, name: str, first_writer: dict) -> tuple[str, float | None, float | None]:
-    """How DIGITS draws a blob: gray for the input (and anything named data), colour for 3 channels, a jet
-    heat map otherwise; Softmax outputs on a fixed [0, 1] scale."""
-    sample_shape = net.blobs[name].data.shape[1:]
-    is_input = name in net.inputs or name not in first_writer or name == "data"
+def activation_style(sample_shape, is_input: bool, softmax: bool) -> tuple[str, float | None, float | None]:
+    """How DIGITS draws an activation sample: colour for 3 channels, gray for the input, a jet heat map
+    otherwise; Softmax outputs on a fixed [0, 1] scale."""
     if len(sample_shape) == 3 and sample_shape[0] == 3:
         return "rgb", None, None
     if is_input:
         return "gray", None, None
+    return ("heat", 0.0, 1.0) if softmax else ("heat", None, None)
+
+
+def param_picture(values: np.ndarray) -> Picture | None:
+    """A parameter array's picture: colour tiles for 4-D weights with 3 input (or output) channels, else a heat
+    map; a 2-D matrix with its axes named."""
+    style = "rgb" if values.ndim == 4 and 3 in values.shape[:2] else "heat"
+    pic = picture(values, style) if values.size else None
+    if pic is not None and values.ndim == 2:
+        pic.note = "; ".join(filter(None, ["rows: outputs, columns: inputs", pic.note]))
+    return pic
+
+
+def _blob_style(net, name: str, first_writer: dict) -> tuple[str, float | None, float | None]:
+    """A blob's style: anything no layer writes, or named data, is the input."""
+    is_input = name in net.inputs or name not in first_writer or name == "data"
     layer = first_writer.get(name)
-    if layer is not None and layer.type == "Softmax":
-        return "heat", 0.0, 1.0
-    return "heat", None, None
+    softmax = layer is not None and layer.type == "Softmax"
+    return activation_style(net.blobs[name].data.shape[1:], is_input, softmax)
 
 
 def collect_rows(net) -> tuple[list[Row], int]:
@@ -109,12 +122,8 @@ def collect_rows(net) -> tuple[list[Row], int]:
                 detail = f"{html.escape(layer.type)} layer · {what}"
                 if i == 0:
                     detail += f" · {count:,} learned parameters in the layer"
-                style = "rgb" if values.ndim == 4 and 3 in values.shape[:2] else "heat"
-                pic = picture(values, style) if values.size else None
-                if pic is not None and values.ndim == 2:
-                    pic.note = "; ".join(filter(None, ["rows: outputs, columns: inputs", pic.note]))
                 rows.append(Row("Weights" if i == 0 else "Parameters", layer.layer_name,
-                                f"{layer.layer_name} [{i}]", detail, Stats(values), pic,
+                                f"{layer.layer_name} [{i}]", detail, Stats(values), param_picture(values),
                                 f"weights/{file_name(layer.layer_name)}_{i}.png"))
         for t in tnames:
             activation(t)
@@ -166,8 +175,9 @@ def _stats_table(s: Stats) -> str:
 
 
 def render_html(rows: list[Row], total_params: int, predictions: Sequence[Prediction], input_png: bytes | None,
-                info: dict, input_caption: str = "input") -> str:
-    """The report page from its parts: `info` maps captions (model, weights, image, ...) to values."""
+                info: dict, input_caption: str = "input", outputs: Sequence[float] | None = None) -> str:
+    """The report page from its parts: `info` maps captions (model, weights, image, ...) to values.  `outputs`,
+    for a model that does not classify (regression), is its output vector, shown instead of the top 5."""
     title = f"Classify one image · {info.get('image', '')}"
     meta = " · ".join(f"{html.escape(k)} <code>{html.escape(str(v))}</code>" for k, v in info.items()
                       if v not in (None, ""))
@@ -177,7 +187,11 @@ def render_html(rows: list[Row], total_params: int, predictions: Sequence[Predic
     if input_png is not None:
         out.append(f'<div class="input"><figure>{_img(input_png, "input image")}'
                    f'<figcaption>{html.escape(input_caption)}</figcaption></figure></div>')
-    out.append('<table class="pred"><tr><th>#</th><th>Label</th><th>Probability</th><th></th></tr>')
+    if outputs is not None:
+        out.append('<table class="pred"><tr><th>#</th><th>Output value</th></tr>')
+        out.extend(f'<tr><td>{i}</td><td class="p">{html.escape(_num(v))}</td></tr>' for i, v in enumerate(outputs))
+    else:
+        out.append('<table class="pred"><tr><th>#</th><th>Label</th><th>Probability</th><th></th></tr>')
     for rank, p in enumerate(predictions, 1):
         pct = round(100 * p.probability, 2)
         width = max(0.0, min(100.0, pct))
@@ -206,6 +220,14 @@ def write_report(net, out_dir: str, predictions: Sequence[Prediction], pixels: n
     out_dir/blobs/<blob>.png, out_dir/weights/<layer>_<i>.png), every file atomically.  `net` must hold the
     forward pass to show; `pixels` is the uint8 (C, H, W) input image as the net saw it before preprocessing.
     Returns the report's path."""
+    rows, total = collect_rows(net)
+    return write_page(out_dir, rows, total, predictions, pixels, info)
+
+
+def write_page(out_dir: str, rows: list[Row], total_params: int, predictions: Sequence[Prediction],
+               pixels: np.ndarray | None = None, info: dict | None = None,
+               outputs: Sequence[float] | None = None) -> str:
+    """Write the report of `rows` (a Caffe net's or a module's) as write_report does; returns its path."""
     info = dict(info or {})
     os.makedirs(os.path.join(out_dir, "blobs"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "weights"), exist_ok=True)
@@ -215,13 +237,10 @@ def write_report(net, out_dir: str, predictions: Sequence[Prediction], pixels: n
         input_png = png_bytes(image)
         atomic_write(os.path.join(out_dir, "input.png"), input_png)
         caption = f"{image.shape[1]}x{image.shape[0]} {'colour' if image.ndim == 3 else 'gray'}, as fed to the net"
-
-    rows, total = collect_rows(net)
     for r in rows:
         if r.pic is not None:
             atomic_write(os.path.join(out_dir, r.path), r.pic.png())
-    page = render_html(rows, total, predictions, input_png, info, caption)
+    page = render_html(rows, total_params, predictions, input_png, info, caption, outputs)
     path = os.path.join(out_dir, "report.html")
     atomic_write(path, page.encode("utf-8"))
     return path
-

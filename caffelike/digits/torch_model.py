@@ -10,14 +10,14 @@ own Solver on a DIGITS dataset folder (docs/torch_models.md).
 One engine: `build_net` writes a NetParameter - Data layers on the dataset's train/val LMDBs with its mean, a
 TorchModule layer running the model (its parameters are the net's learnable blobs), a TorchLoss layer, Accuracy
 in TEST; on a generic dataset a second Data layer for the label vectors, MSE by default, no Accuracy - and
-`TorchModelSolver` is the ordinary Solver over it, whose snapshots are the module's state_dict
-(`<prefix>_iter_N.pt`, loadable with torch.load(weights_only=True)) beside Caffe's `.solverstate`.
+caffelike.digits.torch_training's `TorchModelSolver` is the ordinary Solver over it, whose snapshots are the
+module's state_dict (`<prefix>_iter_N.pt`, loadable with torch.load(weights_only=True)) beside Caffe's
+`.solverstate`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import traceback
 import types
@@ -26,14 +26,10 @@ import torch
 from torch import nn
 
 from caffelike.digits.generic_dataset import GENERIC_FORMAT
-from caffelike.errors import CaffeError, OutputError, shape_str
-from caffelike.format.blobproto import array_to_blob, blob_to_array
-from caffelike.format.files import atomic_write, atomic_write_with
-from caffelike.format.prototxt import read_solver
+from caffelike.errors import CaffeError, shape_str
+from caffelike.format.blobproto import blob_to_array
 from caffelike.layers.torch_module import LossSpec, bind, output_shape
 from caffelike.proto import caffe_pb2
-from caffelike.train.snapshot import read_state, restore_progress
-from caffelike.train.solver import Solver
 
 log = logging.getLogger("caffelike")
 
@@ -192,12 +188,29 @@ def label_count(dataset: dict) -> int:
     return int(dataset["label_dim"]) if is_generic(dataset) else len(dataset["labels"])
 
 
+def dataset_mean_file(dataset: dict) -> str:
+    """The dataset's mean.binaryproto, which training subtracts."""
+    return os.path.join(dataset["path"], dataset.get("files", {}).get("mean", "mean.binaryproto"))
+
+
 def _mean_values(mean_file: str) -> list[float]:
     bp = caffe_pb2.BlobProto()
     with open(mean_file, "rb") as f:
         bp.ParseFromString(f.read())
     mean = blob_to_array(bp, where=mean_file)
     return [float(c) for c in mean.reshape(-1, *mean.shape[-2:]).mean(axis=(1, 2))]
+
+
+def transform_param(mean: str, mean_file: str, crop: int = 0) -> caffe_pb2.TransformationParameter:
+    """The mean subtraction (image, pixel or none) and crop that training applies to the inputs (no mirror)."""
+    tp = caffe_pb2.TransformationParameter()
+    if mean == "image":
+        tp.mean_file = mean_file
+    elif mean == "pixel":
+        tp.mean_value.extend(_mean_values(mean_file))
+    if crop:
+        tp.crop_size = crop
+    return tp
 
 
 def _data_layer(name: str, phase: int, source: str, batch_size: int, mean: str, mean_file: str, crop: int,
@@ -207,12 +220,7 @@ def _data_layer(name: str, phase: int, source: str, batch_size: int, mean: str, 
     lp.data_param.source = source
     lp.data_param.backend = caffe_pb2.DataParameter.LMDB
     lp.data_param.batch_size = batch_size
-    if mean == "image":
-        lp.transform_param.mean_file = mean_file
-    elif mean == "pixel":
-        lp.transform_param.mean_value.extend(_mean_values(mean_file))
-    if crop:
-        lp.transform_param.crop_size = crop
+    lp.transform_param.CopyFrom(transform_param(mean, mean_file, crop))
     if mirror and phase == caffe_pb2.TRAIN:
         lp.transform_param.mirror = True
     return lp
@@ -225,7 +233,7 @@ def build_net(spec: TorchModelSpec, dataset: dict, *, train_batch: int, val_batc
     if mean not in ("image", "pixel", "none"):
         raise CaffeError(f"mean must be image, pixel or none, got {mean!r}")
     folder = dataset["path"]
-    mean_file = os.path.join(folder, dataset.get("files", {}).get("mean", "mean.binaryproto"))
+    mean_file = dataset_mean_file(dataset)
     net = caffe_pb2.NetParameter(name=os.path.splitext(os.path.basename(spec.path))[0])
     generic = is_generic(dataset)
     tops = ("data",) if generic else ("data", "label")
@@ -286,10 +294,12 @@ def check_model(spec: TorchModelSpec, dataset: dict, crop: int = 0) -> tuple[int
 
 
 # ----------------------------------------------------------------------------------------------------- weights
-def load_weights(spec: TorchModelSpec, path: str) -> nn.Module:
+def load_weights(spec: TorchModelSpec, path: str,
+                 advice: str = "give the model file a fine_tune_hook to adapt it") -> nn.Module:
     """Fine-tuning (--weights): the state_dict at `path` goes into the model.  Without a fine_tune_hook every
     entry must fit; with one, the entries whose name and shape fit are loaded, the others left as built, and
-    the hook adapts the model (DIGITS' fineTuneHook).  Returns the model to train."""
+    the hook adapts the model (DIGITS' fineTuneHook).  Returns the model to train.  `advice` ends the error
+    of a file that does not fit."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -307,8 +317,7 @@ def load_weights(spec: TorchModelSpec, path: str) -> nn.Module:
             problems = ([f"mismatching shapes: {', '.join(bad)}"] if bad else []) + \
                        ([f"missing from the file: {', '.join(missing)}"] if missing else []) + \
                        ([f"not in the model: {', '.join(extra)}"] if extra else [])
-            raise CaffeError(f"{path} does not fit the model of {spec.path} ({'; '.join(problems)}); give the "
-                             "model file a fine_tune_hook to adapt it")
+            raise CaffeError(f"{path} does not fit the model of {spec.path} ({'; '.join(problems)}); {advice}")
         spec.model.load_state_dict(state)
         return spec.model
     fits = {k: v for k, v in state.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
@@ -327,167 +336,4 @@ def load_weights(spec: TorchModelSpec, path: str) -> nn.Module:
     spec.model = model
     return model
 
-
-# ------------------------------------------------------------------------------------------------------ solver
-NET_FIELDS = ("net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param")
-# DIGITS' form: each lr policy's defaults, in percent of the training where they name a point in it.
-POLICY_DEFAULTS = {"fixed": {}, "step": {"stepsize": 33, "gamma": 0.1}, "multistep": {"stepvalue": (50, 85),
-                   "gamma": 0.5}, "exp": {"gamma": 0.95}, "inv": {"gamma": 0.1, "power": 0.5},
-                   "poly": {"power": 3.0}, "sigmoid": {"stepsize": 50, "gamma": -0.1}}
-
-
-def solver_param(dataset: dict, *, train_batch: int, val_batch: int, solver_file: str | None = None,
-                 epochs: float | None = None, solver_type: str | None = None, base_lr: float | None = None,
-                 lr_policy: str | None = None, weight_decay: float | None = None, momentum: float | None = None,
-                 snapshot_prefix: str | None = None, random_seed: int | None = None) -> caffe_pb2.SolverParameter:
-    """The SolverParameter: from `solver_file` (its net fields refused: the model file is the net), or DIGITS'
-    form (epochs, solver type, base lr, lr policy with DIGITS' defaults).  Flags given override the file.
-    max_iter comes from `epochs` when given; test_iter covers the validation set once; testing and (without a
-    file) snapshots happen every epoch."""
-    per_epoch = math.ceil(dataset["counts"]["train"] / train_batch)
-    if solver_file:
-        p = read_solver(solver_file)
-        given = [f for f in NET_FIELDS if (len(getattr(p, f)) if f.startswith("test_") else p.HasField(f))]
-        if given:
-            raise CaffeError(f"{solver_file}: {', '.join(given)} cannot be used with --network (the model file is "
-                             "the net and --dataset its data); remove them from the solver file")
-    else:
-        p = caffe_pb2.SolverParameter(type="SGD", base_lr=0.01, lr_policy="step", momentum=0.9, display=0)
-        epochs = 30 if epochs is None else epochs
-    if solver_type is not None:
-        p.type = solver_type
-    if base_lr is not None:
-        p.base_lr = base_lr
-    if epochs is not None:
-        if not epochs > 0:
-            raise CaffeError(f"--epochs must be > 0, got {epochs:g}")
-        p.max_iter = max(1, round(epochs * per_epoch))
-    if not p.max_iter:
-        raise CaffeError(f"{solver_file}: no max_iter; give max_iter in the file or --epochs")
-    if lr_policy is not None or not solver_file:
-        p.lr_policy = lr_policy or p.lr_policy
-        for field, value in POLICY_DEFAULTS.get(p.lr_policy, {}).items():
-            if field == "stepvalue":
-                del p.stepvalue[:]
-                p.stepvalue.extend(max(1, math.ceil(v * p.max_iter / 100)) for v in value)
-            elif field == "stepsize":
-                p.stepsize = max(1, math.ceil(value * p.max_iter / 100))
-            else:
-                setattr(p, field, value)
-    if not solver_file:
-        p.weight_decay = p.base_lr / 100  # DIGITS' rule (as caffelike.digits.model_files)
-        p.snapshot = per_epoch
-        p.display = max(1, min(per_epoch // 8, math.ceil(5000 / train_batch)))
-        if p.type in ("AdaGrad", "RMSProp"):
-            p.momentum = 0.0
-        elif p.type == "AdaDelta":
-            p.momentum = 0.95
-    if weight_decay is not None:
-        p.weight_decay = weight_decay
-    if momentum is not None:
-        p.momentum = momentum
-    if dataset["counts"].get("val"):
-        if not p.test_iter:
-            p.test_iter.append(math.ceil(dataset["counts"]["val"] / val_batch))
-        if not p.test_interval:
-            p.test_interval = min(per_epoch, p.max_iter)
-    else:
-        del p.test_iter[:]
-    if snapshot_prefix:
-        p.snapshot_prefix = snapshot_prefix
-    elif not solver_file and not p.snapshot_prefix:
-        p.snapshot_prefix = "snapshot"
-    if random_seed is not None:
-        p.random_seed = random_seed
-    return p
-
-
-class TorchModelSolver(Solver):
-    """The ordinary Solver over the net `build_net` writes; `self.model` is the trained nn.Module.  Snapshots:
-    `<prefix>_iter_N.pt` (the model's state_dict, CPU tensors, for torch.load(weights_only=True)) and
-    `<prefix>_iter_N.solverstate` (Caffe's, its learned_net naming the .pt)."""
-
-    def __init__(self, param: caffe_pb2.SolverParameter, spec: TorchModelSpec, net: caffe_pb2.NetParameter,
-                 bound: list, solver_file: str | None = None):
-        self.spec = spec
-        self.model = spec.model
-        self._bound = bound  # the objects the net's TorchModule/TorchLoss layers name, alive with the solver
-        param.net_param.CopyFrom(net)
-        super().__init__(param, solver_file=solver_file)
-
-    def snapshot(self) -> tuple[str, str]:
-        try:
-            model, state = self._write_snapshot()
-        except OutputError as e:
-            prefix = self.param.snapshot_prefix
-            self.param.snapshot_prefix = os.path.join(os.getcwd(), os.path.basename(prefix) or "snapshot")
-            log.warning("%s; writing the snapshot to %s_iter_%d.* instead", e, self.param.snapshot_prefix,
-                        self.iter)
-            model, state = self._write_snapshot()
-        self._fire("on_snapshot", model, state)
-        return model, state
-
-    def _write_snapshot(self) -> tuple[str, str]:
-        model = self.snapshot_filename(".pt")
-        log.info("Snapshotting to state_dict file %s", model)
-        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        atomic_write_with(model, lambda tmp: torch.save(weights, tmp), suffix=".pt")
-        state = self.snapshot_filename(".solverstate")
-        msg = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
-        for h in self.rule.history:
-            array_to_blob(h.detach().cpu().numpy(), msg.history.add())
-        log.info("Snapshotting solver state to binary proto file %s", state)
-        atomic_write(state, msg.SerializeToString())
-        return model, state
-
-    def restore(self, path: str) -> None:
-        it, learned_net, current_step, history = read_state(path)
-        if learned_net:
-            weights = learned_net
-            if not os.path.exists(weights):  # written relative to another working directory: try beside the state
-                beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(learned_net))
-                weights = beside if os.path.exists(beside) else learned_net
-            try:
-                values = torch.load(weights, map_location="cpu", weights_only=True)
-                self.model.load_state_dict(values)
-            except Exception as e:
-                raise CaffeError(f"{path}: cannot restore the weights from its learned_net {learned_net!r}: "
-                                 f"{_one_line(e)}") from None
-        restore_progress(self, path, it, current_step, history)
-
-
-def make_solver(network: str, dataset: str, *, solver_file: str | None = None, epochs: float | None = None,
-                solver_type: str | None = None, base_lr: float | None = None, lr_policy: str | None = None,
-                batch_size: int | None = None, val_batch_size: int | None = None, crop_size: int | None = None,
-                mean: str = "image", mirror: bool = False, weight_decay: float | None = None,
-                momentum: float | None = None, snapshot_prefix: str | None = None, random_seed: int | None = None,
-                weights: str | None = None, ngpus: int = 0) -> TorchModelSolver:
-    """`caffelike train --network model.py --dataset DIR`: load the model file against the dataset, fine-tune
-    from `weights` if given, and return the solver (call .solve(), or .restore(state) first to resume).
-    Flags win over the model file's values (batch sizes, crop), which win over DIGITS' defaults."""
-    data = read_dataset(dataset)
-    if random_seed is not None:  # the model's initial weights too
-        torch.manual_seed(random_seed)
-    shape = input_shape(data, crop_size or 0)
-    spec = load_model_file(network, nclasses=label_count(data), input_shape=shape, ngpus=ngpus)
-    if spec.default_loss and is_generic(data):
-        spec.loss = nn.MSELoss()  # DIGITS' regression criterion for generic datasets
-    crop = crop_size or spec.crop_size or 0
-    if crop > min(int(data["height"]), int(data["width"])):
-        raise CaffeError(f"crop size {crop} is larger than the images of {data['path']} "
-                         f"({data['height']}x{data['width']})")
-    if weights:
-        load_weights(spec, weights)
-    check_model(spec, data, crop)
-    if spec.disable_auto_data_parallelism is False and ngpus > 1:
-        log.warning("multi-GPU data parallelism is not implemented yet: training on one device")
-    train_batch = batch_size or spec.train_batch_size or 64
-    val_batch = val_batch_size or spec.validation_batch_size or train_batch
-    param = solver_param(data, train_batch=train_batch, val_batch=val_batch, solver_file=solver_file,
-                         epochs=epochs, solver_type=solver_type, base_lr=base_lr, lr_policy=lr_policy,
-                         weight_decay=weight_decay, momentum=momentum, snapshot_prefix=snapshot_prefix,
-                         random_seed=random_seed)
-    net, bound = build_net(spec, data, train_batch=train_batch, val_batch=val_batch, crop=crop, mean=mean,
-                           mirror=mirror)
-    return TorchModelSolver(param, spec, net, bound, solver_file=solver_file)
 
