@@ -183,6 +183,9 @@ def test_statistics_match_numpy():
     assert s.std == pytest.approx(float(a.astype(np.float64).std()))
     assert (s.min, s.max) == (float(a.min()), float(a.max()))
     assert s.counts.sum() == a.size and len(s.counts) == 20
+    assert s.zeros == 0
+    a[0, :2] = 0
+    assert pictures.Stats(a).zeros == 10
 
 
 def test_file_names_escape_slashes():

@@ -176,8 +176,8 @@ def picture(array: np.ndarray, style: str = "heat", lo: float | None = None, hi:
 
 # -------------------------------------------------------------------------------------------------- statistics
 class Stats:
-    """Shape, mean, standard deviation (population, as np.std), min, max and a 20-bin histogram of the finite
-    values of an array."""
+    """Shape, mean, standard deviation (population, as np.std), min, max, the count of exact zeros (ReLU's
+    sparsity, an occluded square) and a 20-bin histogram of the finite values of an array."""
 
     def __init__(self, array: np.ndarray, bins: int = HIST_BINS):
         a = np.asarray(array, dtype=np.float64)
@@ -185,6 +185,7 @@ class Stats:
         self.size = a.size
         finite = a[np.isfinite(a)]
         self.non_finite = a.size - finite.size
+        self.zeros = int(np.count_nonzero(finite == 0))
         if finite.size:
             self.mean, self.std = float(finite.mean()), float(finite.std())
             self.min, self.max = float(finite.min()), float(finite.max())

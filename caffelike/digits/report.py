@@ -168,6 +168,8 @@ def _histogram(s: Stats) -> str:
 def _stats_table(s: Stats) -> str:
     cells = [("Data shape", _dims(s.shape)), ("Mean", _num(s.mean)), ("Std deviation", _num(s.std)),
              ("Min", _num(s.min)), ("Max", _num(s.max))]
+    if s.zeros:
+        cells.append(("Zeros", f"{s.zeros:,} of {s.size:,}"))
     if s.non_finite:
         cells.append(("Not finite", f"{s.non_finite:,} of {s.size:,}"))
     body = "".join(f'<tr><td>{k}</td><td class="v">{html.escape(v)}</td></tr>' for k, v in cells)
