@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ class Case:
     arrays: dict
 
     @staticmethod
-    def load(kind: str, name: str) -> "Case":
+    def load(kind: str, name: str) -> Case:
         path = FIXTURES / kind / name
         meta = json.loads((path / "case.json").read_text())
         with np.load(path / "blobs.npz") as npz:
@@ -250,3 +250,20 @@ class Ten(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         bottom[0].diff[...] = 10 * top[0].diff
 """
+
+
+# ---------------------------------------------------------------------------------------------------- browser
+def chromium_or_skip() -> str:
+    """The system Chromium's path; without one the test skips, except in CI (.ci/run sets
+    CAFFELIKE_REQUIRE_BROWSER=1 once it has installed Chromium), where a missing browser is a failure."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CAFFELIKE_REQUIRE_BROWSER") == "1":
+            pytest.fail("CAFFELIKE_REQUIRE_BROWSER=1 but no chromium is on PATH")
+        pytest.skip("Debian's chromium is not installed")
+    return path

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 from caffelike.proto import caffe_pb2
+from helpers import chromium_or_skip
 from PIL import Image
 
 import caffelike as caffe
@@ -298,7 +299,7 @@ def test_cli_python_path_reaches_python_layers(tmp_path, capsys):
                "--visualize", str(out), image])
     printed = capsys.readouterr().out
     assert rc == 0
-    assert re.search(r"^ +1\. 9 ", printed, re.M)
+    assert re.search(r"^ +1\. 9 ", printed, re.MULTILINE)
     assert 'id="blob-scaled"' in (out / "report.html").read_text()
     with Image.open(out / "blobs" / "scaled.png") as im:
         assert im.mode == "RGB"  # not the input: a heat map, as DIGITS shows its "scaled" blob
@@ -316,7 +317,7 @@ def test_cli_runs_a_module_beside_the_model_only_with_trust_model_dir(tmp_path, 
             f"{tmp_path / 'classify_beside_layers.py'} from the model's folder") in err
     assert "--trust-model-dir" in err
     assert main(["classify", "--model", str(model), "--weights", WEIGHTS, "--trust-model-dir", image]) == 0
-    assert re.search(r"^ +1\. 9 ", capsys.readouterr().out, re.M)
+    assert re.search(r"^ +1\. 9 ", capsys.readouterr().out, re.MULTILINE)
 
 
 # ------------------------------------------------------------------------------------------------- screenshot
@@ -339,8 +340,7 @@ def test_screenshot_fails_clearly_without_chromium(tmp_path, monkeypatch, report
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path, report):
     shot = _screenshot_module()
-    if shot.find_chromium() is None:
-        pytest.skip("Chromium is not installed")
+    chromium_or_skip()
     out = shot.screenshot(str(report[0]), str(tmp_path / "report.png"), width=1000, height=1400)
     with Image.open(out) as im:
         pixels = np.asarray(im.convert("RGB"))

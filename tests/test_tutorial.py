@@ -2,10 +2,10 @@
 digits so that it stays quick (the README's full run uses all 5,000)."""
 import json
 import pathlib
-import shutil
 import sys
 
 import pytest
+from helpers import chromium_or_skip
 
 from caffelike.cli import main
 
@@ -65,8 +65,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     import importlib.util
     import sys
 
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        pytest.skip("Debian's chromium is not installed")
+    chromium_or_skip()
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "screenshot_report.py"
     spec = importlib.util.spec_from_file_location("screenshot_report", script)
     module = importlib.util.module_from_spec(spec)
