@@ -266,6 +266,18 @@ def test_cli_digits_form_flags(tmp_path, digits, monkeypatch):
     assert p.type == "Adam" and p.snapshot_prefix == "snapshot"
 
 
+@pytest.mark.parametrize("policy, field, expected", [
+    ("exp", "gamma", 0.95 ** (100 / 30)), ("inv", "gamma", 0.1 / 0.3), ("sigmoid", "gamma", -0.1 / 0.3),
+    ("sigmoid", "stepsize", 15), ("multistep", "stepvalue", [15, 26])])
+def test_digits_lr_policies_scale_to_the_training(tmp_path, digits, monkeypatch, policy, field, expected):
+    """DIGITS' policy fields are per percent of the training (caffe_train.py), as for the Caffe model files."""
+    monkeypatch.chdir(tmp_path)
+    p = make_solver(LINEAR, digits, epochs=2, batch_size=250, lr_policy=policy).param
+    assert p.max_iter == 30 and p.lr_policy == policy
+    value = getattr(p, field)
+    assert (list(value) == expected) if field == "stepvalue" else value == pytest.approx(expected)
+
+
 # --------------------------------------------------------------------------------------------------- figures
 def test_torch_lenet_smoke(tmp_path, digits):
     """One epoch of torch-lenet: it learns (well above chance) and logs Caffe's test lines."""

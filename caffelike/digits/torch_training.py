@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from caffelike.digits.model_files import set_lr_policy
 from caffelike.digits.torch_model import (
     TorchModelSpec,
     _one_line,
@@ -34,10 +35,11 @@ from caffelike.train.solver import Solver
 log = logging.getLogger("caffelike")
 
 NET_FIELDS = ("net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param")
-# DIGITS' form: each lr policy's defaults, in percent of the training where they name a point in it.
+# DIGITS' form: each lr policy's defaults as the form shows them - points in percent of the training, the
+# exp/inv/sigmoid gammas per percent, the sigmoid's positive - which model_files.set_lr_policy turns into Caffe's.
 POLICY_DEFAULTS = {"fixed": {}, "step": {"stepsize": 33, "gamma": 0.1}, "multistep": {"stepvalue": (50, 85),
                    "gamma": 0.5}, "exp": {"gamma": 0.95}, "inv": {"gamma": 0.1, "power": 0.5},
-                   "poly": {"power": 3.0}, "sigmoid": {"stepsize": 50, "gamma": -0.1}}
+                   "poly": {"power": 3.0}, "sigmoid": {"stepsize": 50, "gamma": 0.1}}
 
 
 def solver_param(dataset: dict, *, train_batch: int, val_batch: int, solver_file: str | None = None,
@@ -69,15 +71,10 @@ def solver_param(dataset: dict, *, train_batch: int, val_batch: int, solver_file
     if not p.max_iter:
         raise CaffeError(f"{solver_file}: no max_iter; give max_iter in the file or --epochs")
     if lr_policy is not None or not solver_file:
-        p.lr_policy = lr_policy or p.lr_policy
-        for field, value in POLICY_DEFAULTS.get(p.lr_policy, {}).items():
-            if field == "stepvalue":
-                del p.stepvalue[:]
-                p.stepvalue.extend(max(1, math.ceil(v * p.max_iter / 100)) for v in value)
-            elif field == "stepsize":
-                p.stepsize = max(1, math.ceil(value * p.max_iter / 100))
-            else:
-                setattr(p, field, value)
+        name = lr_policy or p.lr_policy
+        if name not in POLICY_DEFAULTS:
+            raise CaffeError(f"unknown lr policy {name!r}; DIGITS' policies are {', '.join(POLICY_DEFAULTS)}")
+        set_lr_policy(p, {"policy": name, **POLICY_DEFAULTS[name]})
     if not solver_file:
         p.weight_decay = p.base_lr / 100  # DIGITS' rule (as caffelike.digits.model_files)
         p.snapshot = per_epoch

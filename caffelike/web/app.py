@@ -50,8 +50,9 @@ def wants_json() -> bool:
     """API clients: `.json` and status routes, DELETE, JSON bodies, or an Accept header that prefers JSON."""
     if request.path.endswith((".json", "/status")) or request.method == "DELETE" or request.is_json:
         return True
-    if request.method == "POST" and not request.form and not request.files:
-        return True  # `curl -X POST .../abort`: our pages' forms always carry a field
+    if request.method == "POST" and request.mimetype not in ("multipart/form-data",
+                                                             "application/x-www-form-urlencoded"):
+        return True  # `curl -X POST .../abort`; the body is not read here (it may be over the size limit)
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 

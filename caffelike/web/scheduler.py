@@ -43,6 +43,9 @@ class Scheduler:
         self.aborting: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # kind -> fn(job): writes what a job could not write when it was queued (a model's files need its
+        # dataset's labels and mean, which a dataset still running has not made yet); raising fails the job.
+        self.prepare: dict = {}
 
     # ---------------------------------------------------------------------------------------------- queueing
     def enqueue(self, job: Job) -> None:
@@ -96,6 +99,8 @@ class Scheduler:
                 job.assigned_gpus = gpus[:job.gpus]
             elif job.gpus or cpu <= 0:
                 continue
+            if not self._prepare(job):
+                continue
             self._launch(job)
 
     def _dependencies(self, job: Job):
@@ -110,6 +115,19 @@ class Scheduler:
                 return None
         return ""
 
+    def _prepare(self, job: Job) -> bool:
+        prepare = self.prepare.get(job.kind)
+        if prepare is None:
+            return True
+        try:
+            prepare(job)
+        except Exception as e:  # noqa: BLE001 (any fault fails the job, never the queue)
+            job.assigned_gpus = []
+            job.set_status(ERROR, f"could not prepare the job: {e}")
+            self.store.save(job)
+            return False
+        return True
+
     def _launch(self, job: Job) -> None:
         argv = [sys.executable if a == "{python}" else a for a in job.command]
         argv = [a.replace("{gpus}", ",".join(map(str, job.assigned_gpus))) for a in argv]
@@ -117,6 +135,10 @@ class Scheduler:
         # Slots share the cores: each job's math library gets its share, not all of them.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.cpu_slots)))
         env["PYTHONUNBUFFERED"] = "1"
+        # The job runs `python -m caffelike` from its own folder: make this very caffelike importable there, also
+        # when the server runs from a checkout that is not installed.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
         try:
             with open(job.log_file, "ab") as out:
                 out.write(f"$ {' '.join(argv)}\n".encode())
