@@ -122,9 +122,14 @@ def progress(job) -> dict:
             "progress": round(fraction, 4), "remaining": remaining, "curves_version": parsed.version}
 
 
+def live_state(job) -> dict:
+    """What a model page's events add to the job's state: the progress and the latest values."""
+    return {**progress(job), "latest": _finite(job_log(job).latest())}
+
+
 @bp.record_once
 def _register(state) -> None:
-    register_event_extra(state.app, "model", progress)
+    register_event_extra(state.app, "model", live_state)
 
 
 def summary(job) -> dict:
@@ -160,8 +165,8 @@ def render_show(job, errors=None, values=None, status: int = 200):
                            errors=errors or {}, values=values or {}), status
 
 
-@bp.route("/models/<job_id>")
 @bp.route("/models/<job_id>.json")
+@bp.route("/models/<job_id>")  # registered first: url_for("models.show") is the page
 def show(job_id):
     job = store().get(job_id, "model")
     if wants_json():
@@ -195,9 +200,10 @@ def _draw(job, parsed) -> bytes:
     def x(series):
         return [(it / per_epoch if per_epoch else it, v) for it, v in series]
 
-    train = {name: x(s) for name, s in parsed.train_series().items()}
-    test = {name: x(s) for name, s in parsed.test.items()}
-    fig = training_figure(train, test, x(parsed.lr), size=CURVES_SIZE, title=job.name)
+    curves = parsed.series()
+    train = {name: x(s) for name, s in curves["train"].items()}
+    test = {name: x(s) for name, s in curves["test"].items()}
+    fig = training_figure(train, test, x(curves["lr"]), size=CURVES_SIZE, title=job.name)
     fig.caffelike_axes["lr"].set_xlabel("epoch" if per_epoch else "iteration")
     for legend in fig.legends:
         for text in legend.get_texts():  # DIGITS calls the test phase's outputs the validation ones

@@ -98,6 +98,10 @@ class TrainLog:
                     chunk = f.read(MAX_CHUNK)
                     end = chunk.rfind(b"\n")
                     if end < 0:
+                        if len(chunk) == MAX_CHUNK:  # a runaway line (no glog line is this long): skip it
+                            self.offset += len(chunk)
+                            self._in_params = False
+                            continue
                         break
                     self._feed_bytes(chunk[:end + 1])
                     self.offset += end + 1
@@ -203,11 +207,18 @@ class TrainLog:
             return self.train
         return {"loss": self.display_loss} if self.display_loss else {}
 
+    def series(self) -> dict:
+        """A copy of the curves ({"train", "test", "lr"}), safe to draw while another request parses more."""
+        with self.lock:
+            return {"train": {k: list(v) for k, v in self.train_series().items()},
+                    "test": {k: list(v) for k, v in self.test.items()}, "lr": list(self.lr)}
+
     def latest(self) -> dict:
         """The last value of every series: {"train": {name: v}, "test": {name: v}, "lr": v}."""
-        return {"train": {k: v[-1][1] for k, v in self.train_series().items() if v},
-                "test": {k: v[-1][1] for k, v in self.test.items() if v},
-                "lr": self.lr[-1][1] if self.lr else None}
+        with self.lock:
+            return {"train": {k: v[-1][1] for k, v in self.train_series().items() if v},
+                    "test": {k: v[-1][1] for k, v in self.test.items() if v},
+                    "lr": self.lr[-1][1] if self.lr else None}
 
     def remaining(self, max_iter: int | None, now: float) -> float | None:
         """Seconds left to max_iter at the pace since the first iteration line, or None before it is known."""
