@@ -6,7 +6,8 @@ input (handwritten.check_against), and each compiled callable's output against i
 are known to compute the same function.  Forward = the whole net under torch.no_grad.  Forward+backward = the
 parameter gradients set to None, a forward with grad, and backward of the sum of the net's output (the deploy
 nets have no loss; zoo_nets builds them with force_backward so Caffe's planning keeps every layer in the
-graph): identical work on both sides.
+graph): identical work on both sides.  Where caffelike's memory-format policy makes its activations
+channels_last (core/layout.py), the hand-written module gets channels_last weights, which does the same to its.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable
 import torch
 
 from bench import handwritten, timing, zoo_nets
+from caffelike.core import layout
 
 # Both sides compile with the same options.  dynamic=False: each is timed on one input shape.  (With the default,
 # a graph break inside a layer's forward, a code object every layer of that type shares, shows Dynamo a new
@@ -75,6 +77,8 @@ def run_net(spec: zoo_nets.ZooNet, batch: int, modes: tuple[str, ...], repeat: i
     """The rows of one net, and what its checks found."""
     net = zoo_nets.build(spec, batch).to(device)
     hand = handwritten.load_from(handwritten.MODULES[spec.name](), net).to(device)
+    if layout.channels_last_enabled(device):  # caffelike's activations are channels_last: the same for torch's
+        hand = hand.to(memory_format=torch.channels_last)
     x = zoo_nets.sample_input(spec, batch).to(device)
     check = handwritten.check_against(net, hand, x)
     output = check["output"]

@@ -7,7 +7,9 @@
 Sections:
   nets      forward and forward+backward ms per iteration, caffelike vs the same net hand-written in PyTorch
             (bench/handwritten.py, same weights, checked blob by blob first), eager and torch.compile'd
-  opencv    inference in OpenCV's dnn module (cv2.dnn.readNetFromCaffe on the same prototxt and caffemodel)
+  opencv    inference in OpenCV's dnn module (cv2.dnn.readNetFromCaffe on the same prototxt and caffemodel) beside
+            caffelike's pycaffe path (numpy in and out), with the channels_last policy on and off, the module call
+            and the hand-written torch net
   solver    what a Solver iteration adds to forward+backward, beside a hand-written torch.optim.SGD step
   training  a LeNet training run on the bundled digits: iterations/s, images/s, and the data pipeline's images/s
   pylayer   the cost of the BlankSquare Python layer, and of a TorchLayer doing the same
@@ -203,15 +205,19 @@ def print_opencv(out: dict) -> None:
     print(f"\n== OpenCV dnn inference: {out['status']}")
     if not out["rows"]:
         return
-    print("   ms per forward, median of interleaved runs; ratios over OpenCV (> 1: slower than OpenCV)")
-    print(f"{'net':<14}{'batch':>6}{'opencv':>10}{'caffelike':>11}{'torch':>9}{'caffelike/cv':>14}{'torch/cv':>10}"
-          f"{'max|diff|':>11}")
+    print("   ms per forward, median of interleaved runs.  pycaffe: net.blobs['data'].data[...] = x; net.forward() "
+          "(numpy in and out);\n   NCHW: the same with CAFFELIKE_CHANNELS_LAST=0; module: net.run(data=tensor); "
+          "torch: hand-written.  /cv: over OpenCV (< 1: faster)")
+    print(f"{'net':<14}{'batch':>6}{'opencv':>9}{'pycaffe':>9}{'NCHW':>9}{'module':>9}{'torch':>9}"
+          f"{'pycaffe/cv':>12}{'NCHW/cv':>9}{'module/cv':>11}{'torch/cv':>10}{'NCHW/CL':>9}{'max|diff|':>11}")
     for r in out["rows"]:
         if "error" in r:
             print(f"{r['net']:<14}{r['batch']:>6}  {r['error']}")
             continue
-        print(f"{r['net']:<14}{r['batch']:>6}{r['opencv_ms']:>10.2f}{r['caffelike_ms']:>11.2f}{r['torch_ms']:>9.2f}"
-              f"{r['caffelike_vs_opencv']:>14.2f}{r['torch_vs_opencv']:>10.2f}{r['max_abs_diff']:>11.1e}"
+        print(f"{r['net']:<14}{r['batch']:>6}{r['opencv_ms']:>9.2f}{r['pycaffe_ms']:>9.2f}{r['pycaffe_nchw_ms']:>9.2f}"
+              f"{r['module_ms']:>9.2f}{r['torch_ms']:>9.2f}{r['pycaffe_vs_opencv']:>12.2f}"
+              f"{r['pycaffe_nchw_vs_opencv']:>9.2f}{r['module_vs_opencv']:>11.2f}{r['torch_vs_opencv']:>10.2f}"
+              f"{r['channels_last_speedup']:>9.2f}{r['max_abs_diff']:>11.1e}"
               + ("" if r["outputs_match"] else "  OUTPUTS DIFFER"), flush=True)
 
 
@@ -231,7 +237,9 @@ def print_training(out: dict) -> None:
           f"({out['iterations']} iterations in {out['seconds']:.2f} s, smoothed loss {out['smoothed_loss']:.3f})")
     print(f"data pipeline: {out['pipeline_sync_images_per_s']:8.0f} images/s synchronous, "
           f"{out['pipeline_prefetch_images_per_s']:.0f} prefetched "
-          f"({out['pipeline_vs_training']:.1f}x what training consumes)", flush=True)
+          f"({out['pipeline_vs_training']:.1f}x what training consumes)")
+    print(f"end to end:    one iteration {out['iteration_ms']:.2f} ms, forward+backward alone (data in memory) "
+          f"{out['fwd_bwd_ms']:.2f} ms: {out['iteration_vs_fwd_bwd']:.2f}x", flush=True)
 
 
 def print_pylayer(out: dict) -> None:

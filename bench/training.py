@@ -5,6 +5,11 @@ Reported: iterations/s and images/s of the solver (forward, backward, SGD update
 batches, all in), and beside it the Data layer's own images/s on the same LMDB, synchronous and prefetched
 (bench/data_pipeline.py's measurement): training is data-bound only if the pipeline is not well ahead.
 Testing, display and snapshots are turned off so only training is timed.
+
+End to end against forward+backward alone: interleaved turns of one solver iteration (`Solver.step(1)`: the
+Data layer's batch, forward, backward, update) and of forward+backward of the same net with its Data layer
+replaced by an Input layer holding a batch already in memory (same weights, shared).  Their ratio is what the
+data pipeline and the solver add to the arithmetic.
 """
 from __future__ import annotations
 
@@ -15,6 +20,42 @@ import time
 import torch
 
 from bench import data_pipeline, timing
+
+
+def in_memory_twin(solver):
+    """The solver's train net with each Data layer replaced by an Input layer of the same tops and shapes, holding
+    the last batch the Data layer produced, sharing the solver net's weights."""
+    import caffelike
+    from caffelike.format.prototxt import read_net
+    from caffelike.proto import caffe_pb2
+
+    param = read_net(solver.param.net)
+    for layer in param.layer:
+        if layer.type == "Data":
+            layer.type = "Input"
+            layer.ClearField("data_param")
+            layer.ClearField("transform_param")
+            for top in layer.top:
+                layer.input_param.shape.add().dim.extend(solver.net.blobs[top].shape)
+    twin = caffelike.Net(param, caffe_pb2.TRAIN)
+    twin.share_with(solver.net)
+    for name in twin.inputs:
+        twin.blobs[name].set_tensor(solver.net.blobs[name].tensor.detach().clone())
+    return twin
+
+
+def end_to_end(solver, repeat: int, device: str) -> dict:
+    """Interleaved: one solver iteration against forward+backward of the in-memory twin."""
+    twin = in_memory_twin(solver)
+
+    def fwd_bwd():
+        twin.clear_param_diffs()
+        twin.loss(twin.run()).backward()
+
+    t = timing.interleaved({"iteration": lambda: solver.step(1), "fwd+bwd": fwd_bwd}, repeat, 2, device)
+    return {"iteration_ms": t["iteration"].median_ms, "fwd_bwd_ms": t["fwd+bwd"].median_ms,
+            "iteration_vs_fwd_bwd": t["iteration"].median_ms / t["fwd+bwd"].median_ms,
+            "quartiles_ms": {name: [v.q1_ms, v.q3_ms] for name, v in t.items()}}
 
 
 def run(iterations: int, warmup: int = 5, pipeline_batches: int = 50, device: str = "cpu") -> dict:
@@ -40,6 +81,7 @@ def run(iterations: int, warmup: int = 5, pipeline_batches: int = 50, device: st
             _, elapsed = timing.timed(lambda: solver.step(iterations), device)
             batch = int(solver.net.blobs["data"].tensor.shape[0])
             loss = solver.smoothed_loss
+            versus = end_to_end(solver, iterations, device)
         finally:
             for layer in solver.net.layer_list:
                 if hasattr(layer, "close"):
@@ -51,4 +93,4 @@ def run(iterations: int, warmup: int = 5, pipeline_batches: int = 50, device: st
             "iterations": iterations, "seconds": elapsed, "iters_per_s": iterations / elapsed,
             "images_per_s": iterations * batch / elapsed, "smoothed_loss": loss, "lmdb_prepare_s": prepare_s,
             "pipeline_sync_images_per_s": sync, "pipeline_prefetch_images_per_s": ahead,
-            "pipeline_vs_training": ahead / (iterations * batch / elapsed)}
+            "pipeline_vs_training": ahead / (iterations * batch / elapsed), **versus}

@@ -57,8 +57,9 @@ NETS = {
 QUICK_NETS = ("lenet", "cifar10_quick", "caffenet")
 
 
-def net_param(spec: ZooNet, batch: int) -> caffe_pb2.NetParameter:
-    """The deploy NetParameter with the Input layer's batch set to `batch` and force_backward on."""
+def net_param(spec: ZooNet, batch: int, force_backward: bool = True) -> caffe_pb2.NetParameter:
+    """The deploy NetParameter with the Input layer's batch set to `batch` and force_backward on (off: the deploy
+    net as users run inference with it, where no layer records a graph for backward)."""
     param = read_net(spec.path)
     inputs = [layer for layer in param.layer if layer.type == "Input"]
     if not inputs:
@@ -66,7 +67,7 @@ def net_param(spec: ZooNet, batch: int) -> caffe_pb2.NetParameter:
     for layer in inputs:
         for shape in layer.input_param.shape:
             shape.dim[0] = batch
-    param.force_backward = True
+    param.force_backward = force_backward
     return param
 
 
@@ -88,11 +89,11 @@ def build(spec: ZooNet, batch: int, seed: int = 1701) -> NetGraph:
     return net
 
 
-def write_files(spec: ZooNet, net: NetGraph, folder: str) -> tuple[str, str]:
+def write_files(spec: ZooNet, net: NetGraph, folder: str, force_backward: bool = True) -> tuple[str, str]:
     """The prototxt (with the batch set) and a .caffemodel of `net`'s weights, for tools that read files."""
     prototxt = os.path.join(folder, f"{spec.name}.prototxt")
     with open(prototxt, "w") as f:
-        f.write(str(net_param(spec, int(net.blobs["data"].tensor.shape[0]))))
+        f.write(str(net_param(spec, int(net.blobs["data"].tensor.shape[0]), force_backward)))
     caffemodel = os.path.join(folder, f"{spec.name}.caffemodel")
     save_caffemodel(net, caffemodel)
     return prototxt, caffemodel

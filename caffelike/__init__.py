@@ -27,7 +27,7 @@ from caffelike import coord_map  # noqa: E402  (pycaffe's caffe.coord_map)
 from caffelike.classifier import Classifier  # noqa: E402
 from caffelike.core.runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402
 from caffelike.core.runtime import (  # noqa: E402
-    NCCL, Timer, has_nccl, set_multiprocess, set_solver_count, set_solver_rank, solver_count, solver_rank,
+    Timer, has_nccl, set_multiprocess, set_solver_count, set_solver_rank, solver_count, solver_rank,
 )
 from caffelike.errors import CaffeError, LayerError, PrototxtError, WeightsError  # noqa: E402
 from caffelike.layers import layer_type_list  # noqa: E402
@@ -35,6 +35,7 @@ from caffelike.layers.python_base import Layer, TorchLayer  # noqa: E402
 from caffelike.net import Net, NetGraph  # noqa: E402
 from caffelike.net_spec import NetSpec, layers, params, to_proto  # noqa: E402
 from caffelike.proto import caffe_pb2  # noqa: E402
+from caffelike.train.nccl import NCCL  # noqa: E402  (on torch.distributed)
 from caffelike.train.solver import (  # noqa: E402
     AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver, Solver, get_solver,
 )

@@ -267,7 +267,8 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
     """Number of elements of `shape[start:end]` (Caffe's Blob::count(start, end))."""
     n = 1
     for d in shape[start:end]:  # a plain loop, not math.prod(generator): torch.compile traces it without a break
-        n *= int(d)
+        # A symbolic size (torch.export's dynamic batch) stays symbolic: int() would pin it to the traced value.
+        n *= d if isinstance(d, torch.SymInt) else int(d)
     return n
 
 

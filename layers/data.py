@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import torch
+from caffelike.layers import data_shard
 from caffelike.layers.base import Layer, register
 
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum, read_image
@@ -163,7 +164,10 @@ class Data(_Prefetching):
     directory, and refused with advice to convert otherwise (LevelDB is not supported).  `rand_skip` skips
     Rand(rand_skip) records at the start as older Caffe did; BVLC Caffe 1.0's DataLayer ignores it.  The
     shape of every batch is that of its first record, as in Caffe; shapes known at net setup come from the
-    database's first record.  Multi-GPU striding (solver_rank) does not apply.
+    database's first record.
+
+    Several solvers (caffe.set_solver_count/rank, `caffelike train --workers/--gpu`): in TRAIN, rank r of N keeps
+    the records whose running index i has i % N == r, as Caffe's DataLayer (layers/data_shard.py).
     """
 
     min_tops = 1
@@ -174,9 +178,13 @@ class Data(_Prefetching):
         self._start(int(p.batch_size))
         # Plain attributes for what the worker threads read (protobuf messages are left to this thread).
         self._force = (bool(t.force_color), bool(t.force_gray))
+        self._shard = data_shard.shard_of(self.phase)
         self.db = DatumDB(p.source, p.backend, self.where)
+        if self._shard[1] > 1:
+            log.info("%s", data_shard.describe(self.where, *self._shard))
         if p.rand_skip:
-            skip = caffe_rng_rand() % p.rand_skip
+            draw = int(data_shard.shared_generator().integers(2**32)) if self._shard[1] > 1 else caffe_rng_rand()
+            skip = draw % p.rand_skip
             log.info("Skipping first %d data points.", skip)
             self.db.skip(skip)
         key, value = self.db.peek()
@@ -200,7 +208,14 @@ class Data(_Prefetching):
         return datum_pixels(datum, *self._force, where=where), datum.label, where
 
     def _plan(self):
-        return self.db.read(self.batch_size), self.transformer.draw(self.batch_size)
+        rank, count = self._shard
+        if count == 1:
+            return self.db.read(self.batch_size), self.transformer.draw(self.batch_size)
+        records = []
+        for _ in range(self.batch_size):  # Caffe's `while (Skip()) Next();` then the record
+            self.db.skip(data_shard.to_next_kept(self.db.position, rank, count))
+            records.extend(self.db.read(1))
+        return records, self.transformer.draw(self.batch_size)
 
     def _build(self, job):
         return self._batch(job, self._read)
@@ -211,7 +226,7 @@ class Data(_Prefetching):
         as reading would consume them."""
         if self._prefetcher is not None and self._prefetcher.issued:
             return super().skip_batches(n)
-        self.db.skip(n * self.batch_size)
+        self.db.skip(data_shard.records_to_advance(self.db.position, n * self.batch_size, *self._shard))
         if self.transformer.rng is not None:
             for _ in range(n):
                 self.transformer.draw(self.batch_size)
@@ -235,7 +250,11 @@ class ImageData(_Prefetching):
     lines at the start).  Paths are relative to the working directory.  data_param.prefetch applies, as in Caffe.
 
     Differences from Caffe: images are decoded by Pillow (see caffelike.data.datum.decode_image for where it can
-    differ from OpenCV); blank lines of the list are skipped and a line without a label is an error.
+    differ from OpenCV); blank lines of the list are skipped and a line without a label is an error.  Several
+    solvers (caffelike train --workers/--gpu) split the list as Data splits an LMDB (in TRAIN, rank r of N keeps
+    the lines whose running index i has i % N == r), where Caffe reads the whole list on every rank and only
+    warns; the shuffle and rand_skip then draw from a generator seeded alike on every rank
+    (runtime.shard_seed), so each pass is one permutation shared out between the ranks.
     """
 
     exact_tops = 2
@@ -253,13 +272,18 @@ class ImageData(_Prefetching):
         self.lines = self._read_list(p.source)
         self._reading = (p.source, p.root_folder, bool(p.is_color), int(p.new_height), int(p.new_width))
         log.info("A total of %d images.", len(self.lines))
-        self.rng = new_generator() if p.shuffle else None
+        self._shard = data_shard.shard_of(self.phase)
+        shared = data_shard.shared_generator() if self._shard[1] > 1 else None
+        if shared is not None:
+            log.info("%s", data_shard.describe(self.where, *self._shard))
+        self.rng = (shared or new_generator()) if p.shuffle else None
         if self.rng is not None:
             log.info("Shuffling data")
             self._shuffle()
         self.line_id = 0
+        self.offset = 0  # lines passed since setup, wraps included: what the sharding counts
         if p.rand_skip:
-            skip = caffe_rng_rand() % p.rand_skip
+            skip = (int(shared.integers(2**32)) if shared is not None else caffe_rng_rand()) % p.rand_skip
             log.info("Skipping first %d data points.", skip)
             if skip >= len(self.lines):
                 self.fail(f"rand_skip drew {skip} but the list has only {len(self.lines)} lines")
@@ -304,16 +328,28 @@ class ImageData(_Prefetching):
         where = f"{self.where}: {source} line {number}"
         return read_image(root + path, is_color, new_height, new_width, where), label, where
 
-    def _plan(self):
-        items = []
-        for _ in range(self.batch_size):
-            items.append(self.lines[self.line_id])
-            self.line_id += 1
+    def _advance(self, count: int) -> None:
+        """Move `count` lines on, shuffling at each wrap as reading would (whole unshuffled passes at once)."""
+        self.offset += count
+        while count:
+            step = min(count, len(self.lines) - self.line_id)
+            self.line_id += step
+            count -= step
             if self.line_id >= len(self.lines):
                 log.debug("Restarting data prefetching from start.")
                 self.line_id = 0
                 if self.rng is not None:
                     self._shuffle()
+                elif count:
+                    count %= len(self.lines)  # unshuffled passes are all alike: skip them at once
+
+    def _plan(self):
+        rank, count = self._shard
+        items = []
+        for _ in range(self.batch_size):
+            self._advance(data_shard.to_next_kept(self.offset, rank, count))
+            items.append(self.lines[self.line_id])
+            self._advance(1)
         return items, self.transformer.draw(self.batch_size)
 
     def _build(self, job):
@@ -324,17 +360,7 @@ class ImageData(_Prefetching):
         shuffling at each wrap as reading would, and consume the transformer's draws batch by batch."""
         if self._prefetcher is not None and self._prefetcher.issued:
             return super().skip_batches(n)
-        left = n * self.batch_size
-        while left:
-            step = min(left, len(self.lines) - self.line_id)
-            self.line_id += step
-            left -= step
-            if self.line_id >= len(self.lines):
-                self.line_id = 0
-                if self.rng is not None:
-                    self._shuffle()
-                elif left:
-                    left %= len(self.lines)  # unshuffled passes are all alike: skip them at once
+        self._advance(data_shard.records_to_advance(self.offset, n * self.batch_size, *self._shard))
         if self.transformer.rng is not None:
             for _ in range(n):
                 self.transformer.draw(self.batch_size)

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import torch
+from caffelike.layers import data_shard
 from caffelike.layers.base import register, shape_str
 from caffelike.layers.data import _Source
 from caffelike.proto import caffe_pb2
@@ -27,6 +28,11 @@ class HDF5Data(_Source):
     order, file after file, wrapping around.  shuffle: the file order is permuted at every pass over the
     files and the rows of a file each time it is (re)entered.  transform_param is an error (HDF5Data does not
     transform).  Needs h5py.  Every file is read whole into memory, as in Caffe.
+
+    Several solvers (caffelike train --workers/--gpu): in TRAIN, rank r of N keeps the rows whose running index
+    i has i % N == r, as Caffe's HDF5DataLayer; with shuffle, the permutations come from a generator seeded
+    alike on every rank (runtime.shard_seed), so the ranks' rows are disjoint (in Caffe each rank shuffles on
+    its own).  A resumed run starts again from the first file, as in Caffe.
     """
 
     min_tops = 1
@@ -49,7 +55,11 @@ class HDF5Data(_Source):
         if not self.files:
             self.fail(f"Must have at least 1 HDF5 filename listed in {p.source}")
         log.info("Number of HDF5 files: %d", len(self.files))
-        self.rng = new_generator() if p.shuffle else None
+        self._shard = data_shard.shard_of(self.phase)
+        if self._shard[1] > 1:
+            log.info("%s", data_shard.describe(self.where, *self._shard))
+        self.rng = (data_shard.shared_generator() if self._shard[1] > 1 else new_generator()) if p.shuffle else None
+        self.offset = 0  # rows passed since setup, wraps included: what the sharding counts
         self.file_order = np.arange(len(self.files))
         if self.rng is not None:
             self.rng.shuffle(self.file_order)
@@ -106,9 +116,28 @@ class HDF5Data(_Source):
         if self.rng is not None:
             self.rng.shuffle(self.row_order)
 
+    def _advance_rows(self, count: int) -> None:
+        self.offset += count
+        while count:
+            step = min(count, len(self.row_order) - self.current_row)
+            self.current_row += step
+            count -= step
+            if self.current_row == len(self.row_order):
+                self._end_of_file()
+
     def forward(self):
         batch = self._shapes[0][0]
         outs = [np.empty((batch,) + a.shape[1:], dtype=np.float32) for a in self.arrays]
+        rank, count = self._shard
+        if count > 1:  # Caffe's `while (Skip()) Next();` before each row
+            for i in range(batch):
+                self._advance_rows(data_shard.to_next_kept(self.offset, rank, count))
+                row = self.row_order[self.current_row]
+                for out, a in zip(outs, self.arrays):
+                    out[i] = a[row]
+                self._advance_rows(1)
+            return self._tops([torch.from_numpy(o) for o in outs])
+        self.offset += batch
         i = 0
         while i < batch:
             k = min(batch - i, len(self.row_order) - self.current_row)

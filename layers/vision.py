@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from caffelike.proto import caffe_pb2
 
+from caffelike.core import layout
+
 from .base import Layer, count, is_meta, register, shape_str, spatial_values
 
 _POOL = caffe_pb2.PoolingParameter
@@ -133,6 +135,26 @@ class Convolution(_ConvolutionBase):
         an empty output (size < 1) raises instead of producing an empty blob.
     """
 
+    def setup(self, bottom_shapes):
+        super().setup(bottom_shapes)
+        # For forward's fast path: the smallest input size the kernel fits (padded), per axis, of a 2-D bottom.
+        self._fits = [self.dilation[d] * (self.kernel[d] - 1) + 1 - 2 * self.pad[d] for d in range(2)] \
+            if self.num_axes == 4 and self.axis == 1 else None
+        self.group = self.param.convolution_param.group
+        self.bias_term = len(self.blobs) > 1
+
+    def forward(self, *bottoms):
+        # The common case in a few steps: one (N, C, H, W) bottom whose padded size the kernel fits, so torch's
+        # output size is Caffe's.  (A torch.compile trace of GoogLeNet spent half its time in the general path.)
+        x, fits = bottoms[0], self._fits
+        if fits is not None and len(bottoms) == 1 and x.dim() == 4 and x.shape[1] == self.channels \
+                and x.shape[2] >= fits[0] and x.shape[3] >= fits[1]:
+            # (getattr: what ParameterList's [i] ends in, without its index arithmetic to trace)
+            bias = getattr(self.blobs, "1") if self.bias_term else None
+            return F.conv2d(x, layout.conv_weight(x, getattr(self.blobs, "0")), bias, self.stride, self.pad,
+                            self.dilation, self.group)
+        return super().forward(*bottoms)
+
     def _output_size(self, size, d):
         extent = self.dilation[d] * (self.kernel[d] - 1) + 1
         numerator = size + 2 * self.pad[d] - extent
@@ -154,6 +176,8 @@ class Convolution(_ConvolutionBase):
                 spec += [self.pad[d], self.pad[d] + max(extra[d], 0)]
             x = F.pad(x, spec)
             padding = [0] * len(spatial)
+        # The memory-format policy (core/layout.py): a channels_last weight makes the output channels_last.
+        weight = layout.conv_weight(x, weight)
         return fn(x, weight, bias, stride=self.stride, padding=padding, dilation=self.dilation,
                   groups=self.param.convolution_param.group)
 
@@ -397,15 +421,22 @@ class LRN(Layer):
         lp = self.param.lrn_param
         n = lp.local_size
         half = (n - 1) // 2
-        square = x * x
-        if lp.norm_region == _LRN.ACROSS_CHANNELS:
-            padded = F.pad(square, (0, 0, 0, 0, half, half))
-            window = padded.unfold(1, n, 1).sum(-1)
-            scale = lp.k + (lp.alpha / n) * window
+        nhwc = lp.norm_region == _LRN.ACROSS_CHANNELS and layout.is_channels_last(x)
+        if nhwc:
+            # Channels_last: the channel window is the contiguous last axis of the NHWC view (the NCHW formula
+            # strides across memory there, 1.7x slower).  The same arithmetic; the window sums may round apart.
+            x = x.permute(0, 2, 3, 1)
+            window = F.pad(x * x, (half, half)).unfold(3, n, 1).sum(-1)
+        elif lp.norm_region == _LRN.ACROSS_CHANNELS:
+            window = F.pad(x * x, (0, 0, 0, 0, half, half)).unfold(1, n, 1).sum(-1)
         else:
-            mean = F.avg_pool2d(square, n, stride=1, padding=half, count_include_pad=True)
-            scale = 1.0 + lp.alpha * mean
-        return x * scale.pow(-lp.beta)
+            window = F.avg_pool2d(x * x, n, stride=1, padding=half, count_include_pad=True)
+        factor, offset = (lp.alpha / n, lp.k) if lp.norm_region == _LRN.ACROSS_CHANNELS else (lp.alpha, 1.0)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = x * (offset + factor * window).pow(-lp.beta)
+        else:  # the same operations in place (same bits), sparing three activation-sized allocations
+            y = window.mul_(factor).add_(offset).pow_(-lp.beta).mul_(x)
+        return y.permute(0, 3, 1, 2) if nhwc else y
 
 
 # ---------------------------------------------------------------------------------------------------------- Crop

@@ -9,6 +9,8 @@ import sys
 
 from caffelike.layers import layer_class, layer_type_list
 
+from caffelike.export import support
+
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "layers.md"
 
 
@@ -44,16 +46,21 @@ EXTENSIONS = ("TorchModule", "TorchLoss")  # caffelike's own types, beyond BVLC'
 def render() -> str:
     lines = ["# Layer support matrix", "",
              "Generated from caffelike's layer registry by `python scripts/layer_docs.py`; do not edit by hand.",
-             f"{len(layer_type_list())} layer types are registered: BVLC Caffe's 61 and caffelike's "
-             f"{' and '.join(EXTENSIONS)} (docs/torch_models.md).", "",
-             "| type | family | bottoms | tops | parameters read | notes |", "|---|---|---|---|---|---|"]
+             (f"{len(layer_type_list())} layer types are registered: BVLC Caffe's 61 and caffelike's "
+             f"{' and '.join(EXTENSIONS)} (docs/torch_models.md)."), "",
+             ("The ONNX column is `caffelike.export.support`, which tests/test_export_layers.py checks type by type: "
+             "\"export path\" marks a type with an export-specific forward (caffelike/export/rules.py), \"input\" a "
+             "data layer whose tops become the exported graph's inputs (docs/export.md)."), "",
+             "| type | family | bottoms | tops | parameters read | exports to ONNX | notes |",
+             "|---|---|---|---|---|---|---|"]
     for name in layer_type_list():
         cls = layer_class(name)
         family = cls.__module__.rsplit(".", 1)[-1]
         doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
         doc = doc.replace("|", "\\|")
         lines.append(f"| {name} | {family} | {_count(cls.min_bottoms, cls.max_bottoms, cls.exact_bottoms)} | "
-                     f"{_count(cls.min_tops, cls.max_tops, cls.exact_tops)} | {_params(name)} | {doc} |")
+                     f"{_count(cls.min_tops, cls.max_tops, cls.exact_tops)} | {_params(name)} | {support(name)} | "
+                     f"{doc} |")
     details = ["", "## Details", ""]
     for name in layer_type_list():
         details += [f"### {name}", "", inspect.getdoc(layer_class(name)) or "(no documentation)", ""]

@@ -54,12 +54,18 @@ def test_quick_run_other_sections(quick_results):
     results, _ = quick_results
     opencv = results["opencv"]
     if opencv["rows"]:
-        assert opencv["status"].startswith("OpenCV") and opencv["rows"][0]["outputs_match"]
+        row = opencv["rows"][0]
+        assert opencv["status"].startswith("OpenCV") and row["outputs_match"]
+        # the pycaffe path (numpy in and out) with the memory-format policy on and off, the module call, torch
+        for side in ("pycaffe", "pycaffe_nchw", "module", "torch"):
+            assert row[f"{side}_vs_opencv"] == pytest.approx(row[f"{side}_ms"] / row["opencv_ms"])
+        assert row["max_abs_diff_nchw"] < 1e-4
     else:
         assert opencv["status"].startswith("not installed")
     training = results["training"]
     assert training["iterations"] == 2 and training["images_per_s"] > 0
     assert training["pipeline_prefetch_images_per_s"] > 0
+    assert training["iteration_vs_fwd_bwd"] == pytest.approx(training["iteration_ms"] / training["fwd_bwd_ms"])
     pylayer = results["pylayer"]
     assert {(r["variant"], r["pass"]) for r in pylayer["rows"]} == {
         (v, p) for v in ("none", "BlankSquare", "TorchLayer") for p in ("forward", "fwd+bwd")}

@@ -542,12 +542,12 @@ def test_net_spec_type_error_has_pycaffes_wording():
 
 
 # ==================================================================================================== test_nccl
-def test_nccl_is_not_in_this_build():
-    assert caffe.has_nccl() is False
-    with pytest.raises(caffe.CaffeError, match="NCCL is not available in this build"):
+def test_nccl_runs_on_torch_distributed():
+    # caffe.NCCL is backed by a torch.distributed process group (tests/test_distributed.py trains with it).
+    assert caffe.has_nccl() is True
+    assert caffe.NCCL.new_uid().startswith(b"tcp://127.0.0.1:")  # bytes, as BVLC's test_nccl.py wants
+    with pytest.raises(caffe.CaffeError, match="must come from caffe.NCCL.new_uid"):
         caffe.NCCL(None, "uid")
-    with pytest.raises(caffe.CaffeError, match="NCCL is not available in this build"):
-        caffe.NCCL.new_uid()
 
 
 def test_solver_count_rank_and_multiprocess(monkeypatch):

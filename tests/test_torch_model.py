@@ -278,6 +278,44 @@ def test_digits_lr_policies_scale_to_the_training(tmp_path, digits, monkeypatch,
     assert (list(value) == expected) if field == "stepvalue" else value == pytest.approx(expected)
 
 
+# ------------------------------------------------------------------------------------------- several processes
+@pytest.fixture
+def two_solvers():
+    from caffelike.core import runtime
+
+    runtime.set_solver_count(2)
+    yield
+    runtime.set_solver_count(1)
+
+
+def test_epochs_count_every_process_batch(tmp_path, digits, monkeypatch, two_solvers):
+    """With 2 processes an iteration reads 2 x 250 digits: 2 epochs of 3,750 are 16 iterations, not 30."""
+    monkeypatch.chdir(tmp_path)
+    p = make_solver(LINEAR, digits, epochs=2, batch_size=250).param
+    assert (p.max_iter, p.snapshot, p.test_interval) == (16, 8, 8)
+
+
+def test_disabling_data_parallelism_refuses_several_processes(tmp_path, digits, two_solvers):
+    path = model_file(tmp_path, "def network(params):\n    return {'model': nn.Sequential(nn.Flatten(), "
+                                "nn.Linear(784, 10), nn.LogSoftmax(1)), 'disableAutoDataParallelism': True}\n")
+    with pytest.raises(ModelFileError, match="disable_auto_data_parallelism.*2 processes"):
+        make_solver(path, digits, epochs=1)
+
+
+def test_a_model_file_trains_on_two_cpu_processes(tmp_path, digits):
+    """`--workers 2`: the model file's parameters are averaged like a prototxt's; rank 0 snapshots."""
+    import subprocess
+    import sys
+
+    path = model_file(tmp_path, LINEAR_NET)
+    run = subprocess.run([sys.executable, "-m", "caffelike", "train", "--network", path, "--dataset", digits,
+                          "--solver", solver_file(tmp_path, QUICK), "--workers", "2", "--snapshot-prefix",
+                          str(tmp_path / "two")], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    state = torch.load(str(tmp_path / "two_iter_4.pt"), weights_only=True)
+    assert set(state) == {"1.weight", "1.bias"}
+
+
 # --------------------------------------------------------------------------------------------------- figures
 def test_torch_lenet_smoke(tmp_path, digits):
     """One epoch of torch-lenet: it learns (well above chance) and logs Caffe's test lines."""

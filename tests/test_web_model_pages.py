@@ -366,6 +366,7 @@ def test_a_python_layer_model_classifies_outside_the_server(trained):
 
     app, client, dataset, _, images, _ = trained
     store, scheduler = app.extensions["caffelike.store"], app.extensions["caffelike.scheduler"]
+    sys.modules.pop("digits_python_layers", None)  # (earlier tests in this process may have loaded the zoo's)
     job = store.create("model", "occlusion", {}, command=TRAIN, depends_on=[dataset.id])
     info = write_model_files(zoo.path("digits-occlusion", "lenet_blank_square.prototxt"), dataset.path("dataset"),
                              job.dir, epochs=1, random_seed=1,

@@ -41,6 +41,8 @@ COMMANDS = {
                                      "tests)"),
     "classify": ("caffelike.cli.classify", "classify an image with a deploy net or a PyTorch model file (top-5), "
                                              "optionally writing a DIGITS-style visual report"),
+    "export": ("caffelike.cli.export", "export a net to ONNX, torch.export (.pt2) or TorchScript, and check it "
+                                         "against caffelike"),
 }
 
 _SINGLE_DASH = re.compile(r"^-([A-Za-z_][A-Za-z0-9_]+)(=.*)?$")
@@ -93,6 +95,7 @@ def _command(argv: list[str] | None) -> int:
     argv = normalize_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = argv  # (what `train --workers` hands to the processes it starts)
     if not getattr(args, "command", None):
         parser.print_help()
         return 1

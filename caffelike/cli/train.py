@@ -2,9 +2,10 @@
 at every snapshot and at the end."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from caffelike.cli import train_network
+from caffelike.cli import launch, train_network
 from caffelike.cli.common import add_python_path_flag, add_trust_flag, apply_python_path, stages_of
 from caffelike.cli.progress import solver_bar
 from caffelike.core import runtime
@@ -13,6 +14,7 @@ from caffelike.errors import CaffeError
 from caffelike.format.files import check_output_folder
 from caffelike.format.prototxt import read_solver
 from caffelike.proto import caffe_pb2
+from caffelike.train.distributed import DistributedError
 from caffelike.train.signals import EFFECTS, SignalHandler
 
 log = logging.getLogger("caffelike")
@@ -23,7 +25,8 @@ def add_arguments(p) -> None:
                                                 "without --network)")
     p.add_argument("--weights", default="", help="comma-separated .caffemodel files to finetune from")
     p.add_argument("--snapshot", default="", help="a .solverstate to resume training from")
-    p.add_argument("--gpu", default="", help="GPU id(s) to use ('0', '0,1', 'all'); omit for the solver's mode")
+    p.add_argument("--gpu", default="", help="GPU id(s) to use ('0'; '0,1' or 'all' train on several, one process "
+                                             "each); omit for the solver's mode")
     p.add_argument("--stage", default="", help="comma-separated stages added to the train net's state")
     p.add_argument("--level", type=int, default=0, help="the train net's level")
     p.add_argument("--sigint_effect", default="stop", choices=EFFECTS, help="what SIGINT does")
@@ -37,6 +40,7 @@ def add_arguments(p) -> None:
     add_trust_flag(p)
     p.add_argument("--curves", default="", help="PNG file for the training curves (default: <snapshot_prefix>"
                                                 "_curves.png)")
+    launch.add_arguments(p)
     train_network.add_arguments(p)
 
 
@@ -55,6 +59,23 @@ def select_device(gpu_flag: str, param: caffe_pb2.SolverParameter) -> None:
 
 
 def run(args) -> int:
+    mode, count, gpu_ids = launch.plan(args)
+    if mode == "spawn":
+        return launch.spawn(args, count, gpu_ids)
+    if mode == "single":
+        return _run(args)
+    group = args._distributed = launch.join(args)  # (under torchrun, or one of the processes `spawn` started)
+    try:
+        code = _run(args)
+    except BaseException as e:
+        if not isinstance(e, DistributedError):  # (the rank that failed first tells the others why)
+            group.report_failure(f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
+    group.close()
+    return code
+
+
+def _run(args) -> int:
     from caffelike.train.solver import Solver
 
     if args.network or args.dataset:
@@ -81,11 +102,18 @@ def run(args) -> int:
 
 
 def run_training(solver, args) -> int:
-    """Train `solver` as caffe train does: curves at each snapshot and at the end, signals, resume, a bar."""
+    """Train `solver` as caffe train does: curves at each snapshot and at the end, signals, resume, a bar.
+    With other ranks (args._distributed), rank 0 alone draws the bar and the curves."""
+    group = getattr(args, "_distributed", None)
+    root = group is None or group.is_root
+    if group is not None:
+        group.attach(solver)
     curves = args.curves or f"{solver.param.snapshot_prefix}_curves.png"
-    check_output_folder(curves, "--curves")
-    solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
-    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, solver_bar(solver):
+    if root:
+        check_output_folder(curves, "--curves")
+        solver.add_hook("on_snapshot", lambda s, model, state: write_curves(s, curves))
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as signals, \
+            (solver_bar(solver) if root else contextlib.nullcontext()):
         solver.requested_action = signals.requested_action
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
@@ -94,6 +122,7 @@ def run_training(solver, args) -> int:
         try:
             solver.solve()
         finally:
-            write_curves(solver, curves)
+            if root:
+                write_curves(solver, curves)
     log.info("Optimization Done.")
     return 0

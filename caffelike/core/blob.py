@@ -3,7 +3,10 @@
 On CPU the numpy arrays share memory with the torch tensors, so `blob.data[...] = x` writes straight into the
 net.  On CUDA a host copy is handed out instead and remembered; the net copies every such host array back to the
 device before its next forward, backward or update — Caffe's synced-memory behaviour, without copying blobs nobody
-touched.
+touched.  A channels_last CPU tensor (core/layout.py) is treated the same way: pycaffe code expects a C-ordered
+array (`data.reshape(-1)` a view, `data.shape = ...` allowed), so it gets a C-ordered copy, written back before the
+next pass.  The write-back goes through `.data`, as Caffe's backward reads whatever its blobs hold: a top that
+autograd saved for the backward pass takes the user's values without tripping autograd's in-place check.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from caffelike.core.layout import is_channels_last
 
 
 class HostSync:
@@ -95,29 +100,29 @@ class Blob(LegacyShape):
         t = self.tensor.detach()
         if t.dtype == torch.bfloat16:
             return _read_only(t.float().cpu().numpy())
-        if t.device.type == "cpu":
+        if t.device.type == "cpu" and not is_channels_last(t):
             return t.numpy()
         if self._host_data is None:
-            self._host_data = t.cpu().numpy()
+            self._host_data = t.to("cpu", memory_format=torch.contiguous_format).numpy()
             self._sync.pending[id(self)] = self
-        return self._host_data
+        return self._host_data.view()  # a new array object each time, as t.numpy() gives: `.shape = ` stays local
 
     @property
     def diff(self) -> np.ndarray:
         d = self.diff_tensor
         if d.dtype == torch.bfloat16:
             return _read_only(d.detach().float().cpu().numpy())
-        if d.device.type == "cpu":
+        if d.device.type == "cpu" and not is_channels_last(d):
             return d.detach().numpy()
         if self._host_diff is None:
-            self._host_diff = d.detach().cpu().numpy()
+            self._host_diff = d.detach().to("cpu", memory_format=torch.contiguous_format).numpy()
             self._sync.pending[id(self)] = self
-        return self._host_diff
+        return self._host_diff.view()  # a new array object each time, as t.numpy() gives: `.shape = ` stays local
 
     def _push_host(self) -> None:
         if self._host_data is not None:
-            with torch.no_grad():
-                self.tensor.copy_(torch.from_numpy(self._host_data))
+            with torch.no_grad():  # (through .data: see the module docstring)
+                self.tensor.data.copy_(torch.from_numpy(self._host_data))
             self._host_data = None
         if self._host_diff is not None:
             with torch.no_grad():

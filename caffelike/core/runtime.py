@@ -1,5 +1,6 @@
 """Caffe's global mode (CPU or GPU), device and random seed, as pycaffe's set_mode_* functions set them; the
-multi-solver settings (solver count and rank, multiprocess), has_nccl/NCCL, and pycaffe's Timer."""
+multi-solver settings (solver count and rank, multiprocess), has_nccl, and pycaffe's Timer.  (caffe.NCCL is
+caffelike.train.nccl: it needs the solver.)"""
 from __future__ import annotations
 
 import random
@@ -69,9 +70,10 @@ def parse_gpu_flag(value: str | None) -> torch.device:
 
 # ------------------------------------------------------------------------------ multi-solver state and NCCL
 # pycaffe's caffe.solver_count()/solver_rank()/set_multiprocess(): Caffe keeps them as process-wide settings that
-# BVLC's multi-GPU train.py sets in each worker.  caffelike trains on one device, so they are bookkeeping only:
-# they hold what was set (count 1 and rank 0 until then) for scripts that read them back.
-_solvers = {"count": 1, "rank": 0, "multiprocess": False}
+# BVLC's multi-GPU train.py sets in each worker, and so does caffelike.train.distributed.  Like Caffe's, they are
+# read where it matters: the Solver seeds with random_seed + rank and lets only rank 0 test and snapshot, and a
+# TRAIN-phase data layer on rank r of N keeps the records whose running index i has i % N == r.
+_solvers = {"count": 1, "rank": 0, "multiprocess": False, "shard_seed": 0}
 
 
 def _whole_number(value, what: str) -> int:
@@ -102,6 +104,11 @@ def set_solver_rank(rank: int) -> None:
     _solvers["rank"] = rank
 
 
+def root_solver() -> bool:
+    """Caffe::root_solver(): the solver that tests, displays and snapshots (rank 0)."""
+    return _solvers["rank"] == 0
+
+
 def multiprocess() -> bool:
     return _solvers["multiprocess"]
 
@@ -110,27 +117,23 @@ def set_multiprocess(value: bool) -> None:
     _solvers["multiprocess"] = bool(value)
 
 
+def shard_seed() -> int:
+    """The seed of the shuffles of sharded data layers (ImageData, HDF5Data with shuffle): the same on every
+    rank, so that each pass is one permutation split between the ranks rather than N unrelated ones (the ranks'
+    own generators differ: they are seeded with random_seed + rank)."""
+    return _solvers["shard_seed"]
+
+
+def set_shard_seed(seed: int) -> None:
+    _solvers["shard_seed"] = _whole_number(seed, "set_shard_seed") % 2**63
+
+
 def has_nccl() -> bool:
-    """pycaffe's caffe.has_nccl(): False, this build has no NCCL (multi-GPU training) support."""
-    return False
+    """pycaffe's caffe.has_nccl(): True when torch.distributed is available, which is what caffe.NCCL and
+    multi-process training run on (NCCL between GPUs, gloo between CPU processes)."""
+    import torch.distributed as dist
 
-
-NCCL_UNAVAILABLE = ("NCCL is not available in this build: caffelike trains on one device, so multi-GPU training "
-                    "with caffe.NCCL (BVLC's python/train.py) cannot run.  Check caffe.has_nccl() first, and train "
-                    "on one GPU (caffe.set_mode_gpu(); caffe.set_device(id)) or use `caffelike train --gpu ID`")
-
-
-class NCCL:
-    """pycaffe's caffe.NCCL(solver, uid) as a build without NCCL offers it: there is nothing to synchronise with,
-    so constructing one (or asking for `NCCL.new_uid()`) raises a CaffeError saying so, before any work is done
-    on a second device that would never be shared."""
-
-    def __init__(self, solver=None, uid=None):
-        raise CaffeError(NCCL_UNAVAILABLE)
-
-    @staticmethod
-    def new_uid():
-        raise CaffeError(NCCL_UNAVAILABLE)
+    return bool(dist.is_available())
 
 
 # ---------------------------------------------------------------------------------------------------- Timer

@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from caffelike.core import runtime
 from caffelike.digits.model_files import set_lr_policy
 from caffelike.digits.torch_model import (
     TorchModelSpec,
@@ -49,8 +50,8 @@ def solver_param(dataset: dict, *, train_batch: int, val_batch: int, solver_file
     """The SolverParameter: from `solver_file` (its net fields refused: the model file is the net), or DIGITS'
     form (epochs, solver type, base lr, lr policy with DIGITS' defaults).  Flags given override the file.
     max_iter comes from `epochs` when given; test_iter covers the validation set once; testing and (without a
-    file) snapshots happen every epoch."""
-    per_epoch = math.ceil(dataset["counts"]["train"] / train_batch)
+    file) snapshots happen every epoch.  With N processes (docs/distributed.md) an iteration reads N batches."""
+    per_epoch = math.ceil(dataset["counts"]["train"] / (train_batch * runtime.solver_count()))
     if solver_file:
         p = read_solver(solver_file)
         given = [f for f in NET_FIELDS if (len(getattr(p, f)) if f.startswith("test_") else p.HasField(f))]
@@ -180,8 +181,9 @@ def make_solver(network: str, dataset: str, *, solver_file: str | None = None, e
     if weights:
         load_weights(spec, weights)
     check_model(spec, data, crop)
-    if spec.disable_auto_data_parallelism is False and ngpus > 1:
-        log.warning("multi-GPU data parallelism is not implemented yet: training on one device")
+    if spec.disable_auto_data_parallelism and runtime.solver_count() > 1:
+        spec.fail("sets disable_auto_data_parallelism, but this run has "
+                  f"{runtime.solver_count()} processes (--gpu with several ids, or --workers): train it on one device")
     train_batch = batch_size or spec.train_batch_size or 64
     val_batch = val_batch_size or spec.validation_batch_size or train_batch
     param = solver_param(data, train_batch=train_batch, val_batch=val_batch, solver_file=solver_file,

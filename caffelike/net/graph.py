@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from caffelike.core.blob import Blob, HostSync, ParamBlob
+from caffelike.core.host_memory import keep_freed_memory
 from caffelike.core.memory import allocation_problem
 from caffelike.errors import CaffeError, LayerError, PrototxtError, shape_str
 from caffelike.layers import layer_class
@@ -101,6 +102,7 @@ class NetGraph(nn.Module):
     def __init__(self, net_param: caffe_pb2.NetParameter, phase: int = caffe_pb2.TEST, level: int = 0,
                  stages=(), source: str = "<net>", trust_python: bool = False):
         super().__init__()
+        keep_freed_memory()  # every pass reallocates its activations: let them reuse the last pass's memory
         self.source = source
         self.phase = phase
         self.state = make_state(phase, level, stages, net_param.state if net_param.HasField("state") else None)
@@ -407,21 +409,30 @@ class NetGraph(nn.Module):
         run_backward can go layer by layer; returns the loss of the layers run."""
         end = len(self._layers) - 1 if end is None else end
         self.sync.push()
-        record = torch.is_grad_enabled()
-        loss = 0.0
+        record = torch.is_grad_enabled() and any(plan.need_backward for plan in self.plans[start:end + 1])
+        if record:
+            return self._forward_range(start, end, True)
+        with torch.no_grad():  # once for the whole range: pycaffe inference pays no per-layer grad switching
+            return self._forward_range(start, end, False)
+
+    def _forward_range(self, start: int, end: int, record: bool) -> float:
+        blobs, tape, loss = self.blobs, self._tape, 0.0
         for i in range(start, end + 1):
             layer, plan = self._layers[i], self.plans[i]
             if layer.type == "Input":
                 continue
             if record and plan.need_backward:
-                self._tape[i] = self._record(i)
-                tops = self._tape[i][1]
+                tape[i] = self._record(i)
+                tops = tape[i][1]
             else:
-                with torch.no_grad():
-                    tops = self._run_layer(i, [self.blobs[b].tensor.detach() for b in plan.bottoms])
-                self._tape.pop(i, None)
+                if record:
+                    with torch.no_grad():
+                        tops = self._run_layer(i, [blobs[b].tensor.detach() for b in plan.bottoms])
+                else:
+                    tops = self._run_layer(i, [blobs[b].tensor.detach() for b in plan.bottoms])
+                tape.pop(i, None)
             for t, value, w in zip(plan.tops, tops, plan.loss_weights):
-                self.blobs[t].set_tensor(value)
+                blobs[t].set_tensor(value)
                 if w != 0:
                     loss += w * float(value.detach().sum())
         return loss
@@ -476,7 +487,9 @@ class NetGraph(nn.Module):
                 if g is None:
                     continue
                 if p.grad is None:
-                    p.grad = g.detach().clone()
+                    # In the parameter's own layout: a channels_last weight view (core/layout.py) hands back a
+                    # channels_last gradient, and pycaffe's `diff` and the solver expect the parameter's.
+                    p.grad = torch.empty_like(p).copy_(g.detach())
                 else:
                     p.grad.add_(g)
         for i in replayed:  # a replay answers this backward only: the next one reads the blobs again

@@ -240,6 +240,14 @@ class Net(NetGraph):
                              f"{first.type if first is not None else 'an empty net'}")
         first.reset(data, labels)
 
+    def after_backward(self, callback) -> None:
+        """pycaffe's Net.after_backward(nccl): BVLC's layer-wise gradient reduction, asked of a caffe.NCCL.
+        caffelike's NCCL reduces the gradients in buckets once backward is done (its on_gradients_ready, which
+        solver.add_callback(nccl) calls), so this only tells it the request was made."""
+        if not callable(getattr(callback, "net_after_backward", None)):
+            raise TypeError(f"after_backward takes a caffe.NCCL, got {type(callback).__name__}")
+        callback.net_after_backward(self)
+
     def run(self, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """The torch way: tensors in, the net's output tensors out, differentiable end to end."""
         return NetGraph.forward(self, **inputs)

@@ -84,15 +84,16 @@ class Solver:
         self.param = param
         self.solver_file = solver_file
         self.trust_python = trust_python
+        self.distributed = None  # a caffelike.train.distributed.Distributed when training with other ranks
         if solver_type is not None:
             self.param.type = solver_type
         default_snapshot_prefix(self.param, solver_file)
         check_solver(self.param, solver_file or "SolverParameter")
         log.info("Initializing solver from parameters: \n%s", self.param)
-        if self.param.snapshot:  # (as Caffe; solve() checks again when it will snapshot at the end)
+        if self.param.snapshot and runtime.root_solver():  # (as Caffe; solve() checks again for the final one)
             self._check_snapshot_folder()
-        if self.param.random_seed >= 0:
-            runtime.set_random_seed(self.param.random_seed)
+        if self.param.random_seed >= 0:  # Caffe: each solver of a multi-GPU run seeds with seed + its rank
+            runtime.set_random_seed(self.param.random_seed + runtime.solver_rank())
         self.net = self._build_train_net()
         self.test_nets = self._build_test_nets()
         self.iter = 0
@@ -184,8 +185,12 @@ class Solver:
             raise CaffeError(f"unknown hook event {event!r}; events are {', '.join(EVENTS)}")
         self.hooks[event].append(fn)
 
-    def add_callback(self, on_start, on_gradients_ready) -> None:
-        """pycaffe's Solver.add_callback: on_start() before each iteration, on_gradients_ready() before the update."""
+    def add_callback(self, on_start, on_gradients_ready=None) -> None:
+        """pycaffe's Solver.add_callback: on_start() before each iteration, on_gradients_ready() before the update;
+        or one object with both methods (add_callback(nccl), see caffelike.train.nccl)."""
+        if on_gradients_ready is None:
+            callback = on_start
+            on_start, on_gradients_ready = callback.on_start, callback.on_gradients_ready
         self.hooks["on_start"].append(lambda s: on_start())
         self.hooks["on_backward"].append(lambda s: on_gradients_ready())
 
@@ -216,8 +221,8 @@ class Solver:
         """(records per epoch, records per iteration), or None."""
         for layer in self.net.layer_list:
             records = getattr(layer, "epoch_records", None)
-            if records:
-                return records, layer.batch_size * max(1, self.param.iter_size)
+            if records:  # (with N solvers, each reads every N-th record: N batches per iteration in all)
+                return records, layer.batch_size * max(1, self.param.iter_size) * runtime.solver_count()
         return None
 
     def _epoch_ended(self) -> bool:
@@ -292,9 +297,9 @@ class Solver:
             self._fire("on_update")
             if self._epoch_ended():
                 self._fire("on_end_epoch")
-            action = self.requested_action()
+            action = self.requested_action() if self.distributed is None else self.distributed.agreed_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
-                self.snapshot()
+                self._snapshot_shared()
             if action == "stop":
                 self._early_exit = True
                 break
@@ -305,14 +310,14 @@ class Solver:
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
         self._early_exit = False
-        if p.snapshot_after_train and not p.snapshot:
+        if p.snapshot_after_train and not p.snapshot and runtime.root_solver():
             self._check_snapshot_folder()  # the weights are written at the end: a bad folder must fail now
         if resume_file:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
+            self._snapshot_shared()
         if self._early_exit:
             log.info("Optimization stopped early.")
             self._fire("on_end")
@@ -356,6 +361,8 @@ class Solver:
 
     # ---------------------------------------------------------------------------------------------------- test
     def test_all(self) -> None:
+        if not runtime.root_solver():
+            return  # Caffe: only the root solver (rank 0) tests
         for i in range(len(self.test_nets)):
             if self._early_exit:
                 break
@@ -372,7 +379,9 @@ class Solver:
         loss = 0.0
         n = p.test_iter[index]
         for i in range(n):
-            action = self.requested_action()
+            # (With other ranks, rank 0 tests alone: a signal waits for the next all-reduce, which every rank
+            # sees, rather than stopping rank 0 while the others wait.)
+            action = self.requested_action() if self.distributed is None else None
             if action == "snapshot":
                 self.snapshot()
             elif action == "stop":
@@ -469,6 +478,14 @@ class Solver:
                              "that the directory exists and is writable.") from None
         for path in remove_stale_temporaries(f"{p.snapshot_prefix}_iter_"):
             log.info("Removed %s, left by an interrupted snapshot", path)
+
+    def _snapshot_shared(self) -> None:
+        """Caffe: only the root solver writes snapshots.  With a process group the other ranks wait for it, so
+        that once any rank goes on, the snapshot is complete (each file is also written atomically)."""
+        if runtime.root_solver():
+            self.snapshot()
+        if self.distributed is not None:
+            self.distributed.barrier("the snapshot")
 
     def snapshot_filename(self, extension: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
