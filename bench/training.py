@@ -25,9 +25,10 @@ from bench import data_pipeline, timing
 def in_memory_twin(solver):
     """The solver's train net with each Data layer replaced by an Input layer of the same tops and shapes, holding
     the last batch the Data layer produced, sharing the solver net's weights."""
+    from caffelike.proto import caffe_pb2
+
     import caffelike
     from caffelike.format.prototxt import read_net
-    from caffelike.proto import caffe_pb2
 
     param = read_net(solver.param.net)
     for layer in param.layer:
