@@ -16,49 +16,26 @@ import itertools
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from caffelike.core.blob import Blob, HostSync, ParamBlob
 from caffelike.core.host_memory import keep_freed_memory
-from caffelike.core.memory import allocation_problem
 from caffelike.errors import CaffeError, LayerError, PrototxtError, shape_str
 from caffelike.layers import layer_class
 from caffelike.layers.base import Layer
 from caffelike.net.backward_plan import plan_backward
 from caffelike.net.netstate import filter_net, make_state
+from caffelike.net.plan import LayerPlan, LearnableParam, first_tensor, module_key
 from caffelike.net.splits import insert_splits
 from caffelike.proto import caffe_pb2
 
 AUTOMATIC_TOP = "(automatic)"
 
 
-@dataclass
-class LearnableParam:
-    """A parameter the solver updates (an owner, never a sharer), with Caffe's multipliers."""
-    layer: str
-    index: int
-    param: nn.Parameter
-    lr_mult: float
-    decay_mult: float
-    name: str = ""
-
-
-@dataclass
-class LayerPlan:
-    """What the net decided about one layer at Init."""
-    bottoms: list[str]
-    tops: list[str]
-    need_backward: bool = False
-    bottom_need_backward: list[bool] = field(default_factory=list)
-    param_propagate_down: list[bool] = field(default_factory=list)
-    loss_weights: list[float] = field(default_factory=list)
-
-
 @torch.compiler.disable
-def _run_eagerly(net: "NetGraph", i: int, bottoms: list[torch.Tensor]) -> tuple:
+def _run_eagerly(net: NetGraph, i: int, bottoms: list[torch.Tensor]) -> tuple:
     """Run layer `i` outside any compiled graph (torch.compile splits the graph around this call)."""
     return net._run_layer(i, bottoms)
 
@@ -67,32 +44,6 @@ def _run_eagerly(net: "NetGraph", i: int, bottoms: list[torch.Tensor]) -> tuple:
 # and once more at the end: the command line draws a progress bar from it (the library draws nothing).
 BUILD_LISTENERS: list = []
 BUILD_PROGRESS_FROM = 2000
-
-
-def _zeros(layer: Layer, top: str, shape) -> torch.Tensor:
-    """A top blob's first tensor, refusing a negative dimension and naming the layer when memory runs out."""
-    shape = tuple(int(d) for d in shape)
-    problem = allocation_problem(shape)
-    if problem:
-        layer.fail(f'top "{top}" of shape {shape_str(shape)} {problem}')
-    try:
-        return torch.zeros(shape)
-    except (RuntimeError, MemoryError) as e:
-        layer.fail(f'cannot allocate top "{top}" of shape {shape_str(shape)} ({math.prod(shape) * 4:,} bytes as '
-                   f"float32): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-
-def _module_key(name: str, taken: set[str], modules: nn.ModuleDict) -> str:
-    """nn.Module names may not contain '.' nor be an attribute of nn.ModuleDict (`double`, `train`, `keys`...);
-    any string is a Caffe layer name.  Keep them readable and unique."""
-    key = name.replace(".", "_") or "layer"
-    if hasattr(modules, key):
-        key = f"layer_{key}"
-    base, k = key, 1
-    while key in taken:
-        key, k = f"{base}_{k}", k + 1
-    taken.add(key)
-    return key
 
 
 class NetGraph(nn.Module):
@@ -114,8 +65,8 @@ class NetGraph(nn.Module):
         self.layer_modules = nn.ModuleDict()
         self._layers: list[Layer] = []
         self.plans: list[LayerPlan] = []
-        self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
-        self.blob_loss_weights: "OrderedDict[str, float]" = OrderedDict()
+        self.blobs: OrderedDict[str, Blob] = OrderedDict()
+        self.blob_loss_weights: OrderedDict[str, float] = OrderedDict()
         self.inputs: list[str] = []
         self.learnable: list[LearnableParam] = []
         self._tape: dict[int, tuple[list, tuple]] = {}
@@ -176,10 +127,10 @@ class NetGraph(nn.Module):
                 if not in_place:
                     if t in self.blobs and t != AUTOMATIC_TOP:
                         self._fail(f"Top blob '{t}' produced by multiple sources (layer '{lp.name}')")
-                    self.blobs[t] = Blob(t, _zeros(layer, t, top_shapes[j]), self.sync)
+                    self.blobs[t] = Blob(t, first_tensor(layer, t, top_shapes[j]), self.sync)
                     blob_need_backward[t] = False
                 else:
-                    self.blobs[t].set_tensor(_zeros(layer, t, top_shapes[j]))
+                    self.blobs[t].set_tensor(first_tensor(layer, t, top_shapes[j]))
                 available.add(t)
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
@@ -197,7 +148,7 @@ class NetGraph(nn.Module):
                     blob_need_backward[t] = True
             self._layers.append(layer)
             self.plans.append(plan)
-            self.layer_modules[_module_key(lp.name, keys, self.layer_modules)] = layer
+            self.layer_modules[module_key(lp.name, keys, self.layer_modules)] = layer
         if total >= BUILD_PROGRESS_FROM:
             for listener in BUILD_LISTENERS:
                 listener(total, total)
@@ -301,7 +252,7 @@ class NetGraph(nn.Module):
                              f"{e}") from e
         return (tops,) if isinstance(tops, torch.Tensor) else tuple(tops)
 
-    def forward(self, **inputs: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, **inputs: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """Run the whole net as one differentiable torch graph.  Keyword arguments set input blobs (others keep
         their current data); returns the net outputs by name.  The total weighted loss is `self.loss(outs)`."""
         env: dict[str, torch.Tensor] = {}
@@ -336,7 +287,7 @@ class NetGraph(nn.Module):
                 env[t] = value
         return env
 
-    def compile(self, keep_blobs: bool = False, **options) -> "NetGraph":
+    def compile(self, keep_blobs: bool = False, **options) -> NetGraph:
         """Compile the torch path (`forward` / `Net.run`, and so the solver's training step) with torch.compile;
         `options` go to torch.compile (e.g. mode="reduce-overhead" for CUDA graphs on GPU with static shapes,
         mode="max-autotune"; dynamic defaults to False, one graph per input shape).  Layers that run Python on
@@ -515,8 +466,8 @@ class NetGraph(nn.Module):
             if p.grad is not None:
                 p.grad.zero_()
 
-    def param_blobs(self) -> "OrderedDict[str, list[ParamBlob]]":
-        out: "OrderedDict[str, list[ParamBlob]]" = OrderedDict()
+    def param_blobs(self) -> OrderedDict[str, list[ParamBlob]]:
+        out: OrderedDict[str, list[ParamBlob]] = OrderedDict()
         for layer in self._layers:
             if len(layer.blobs):
                 out[layer.layer_name] = [ParamBlob(f"{layer.layer_name}[{i}]", layer, i, self.sync)

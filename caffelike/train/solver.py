@@ -23,6 +23,7 @@ from caffelike.proto import caffe_pb2
 from caffelike.train.lr_policy import learning_rate
 from caffelike.train.meters import MovingAverageMeter
 from caffelike.train.precision import MixedPrecision
+from caffelike.train.solver_log import fmt, log_debug_info, log_outputs, output_values
 from caffelike.train.updates import make_rule
 from caffelike.train.validate import check_solver
 
@@ -34,11 +35,6 @@ EVENTS = ("on_start", "on_sample", "on_forward", "on_backward", "on_update", "on
 
 class TrainingError(CaffeError):
     """Training cannot go on (a NaN loss, an interrupted restore, ...)."""
-
-
-def _fmt(x: float) -> str:
-    """C++ ostream's default float output (6 significant digits), which Caffe's log lines use."""
-    return f"{x:g}"
 
 
 def _net_state(phase: int, file_state: caffe_pb2.NetState, solver_state: caffe_pb2.NetState | None):
@@ -286,12 +282,12 @@ class Solver:
             if display:
                 lapse = time.perf_counter() - timer
                 per_s = (self.iter - iters_last) / (lapse or 1)
-                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _fmt(per_s),
-                         _fmt(round(lapse, 3)), p.display, _fmt(self.smoothed_loss))
+                log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, fmt(per_s),
+                         fmt(round(lapse, 3)), p.display, fmt(self.smoothed_loss))
                 timer, iters_last = time.perf_counter(), self.iter
-                self._log_outputs(self.net, "Train", self._output_values(self.net))
+                log_outputs(self.net, "Train", output_values(self.net))
                 if p.debug_info:
-                    self._log_debug_info()
+                    log_debug_info(self.net)
             self.apply_update(display)
             self.iter += 1
             self._fire("on_update")
@@ -326,38 +322,11 @@ class Solver:
             with torch.no_grad():
                 loss = self.net.run_forward()
             self.loss_meter.add(loss)
-            log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
+            log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
         self._fire("on_end")
-
-    # ------------------------------------------------------------------------------------------------- display
-    @staticmethod
-    def _output_values(net: Net) -> list[tuple[str, float]]:
-        values = []
-        for name in net.outputs:
-            for v in net.blobs[name].tensor.detach().reshape(-1).tolist():
-                values.append((name, v))
-        return values
-
-    @staticmethod
-    def _log_outputs(net: Net, kind: str, values: list[tuple[str, float]]) -> None:
-        for k, (name, v) in enumerate(values):
-            w = net.blob_loss_weights.get(name, 0.0)
-            extra = f" (* {_fmt(w)} = {_fmt(w * v)} loss)" if w else ""
-            log.info("    %s net output #%d: %s = %s%s", kind, k, name, _fmt(v), extra)
-
-    def _log_debug_info(self) -> None:
-        for layer, plan in zip(self.net.layer_list, self.net.plans):
-            for t in plan.tops:
-                value = self.net.blobs[t].tensor.detach()
-                log.info("    [Forward] Layer %s, top blob %s data: %s", layer.layer_name, t,
-                         _fmt(float(value.abs().mean())) if value.numel() else "0")
-            for i, p in enumerate(layer.blobs):
-                if p.grad is not None:
-                    log.info("    [Backward] Layer %s, param blob %d diff: %s", layer.layer_name, i,
-                             _fmt(float(p.grad.abs().mean())))
 
     # ---------------------------------------------------------------------------------------------------- test
     def test_all(self) -> None:
@@ -392,15 +361,15 @@ class Solver:
             with torch.no_grad():
                 iter_loss = net.run_forward()
             loss += iter_loss
-            values = self._output_values(net)
+            values = output_values(net)
             if i == 0:
                 names, sums = [nm for nm, _ in values], [v for _, v in values]
             else:
                 sums = [s + v for s, (_, v) in zip(sums, values)]
         if p.test_compute_loss:
-            log.info("Test loss: %s", _fmt(loss / n))
+            log.info("Test loss: %s", fmt(loss / n))
         means = [(nm, s / n) for nm, s in zip(names, sums)]
-        self._log_outputs(net, "Test", means)
+        log_outputs(net, "Test", means)
         for nm, v in means:
             self.history["test"][nm].append((self.iter, v))
         self._fire("on_test", index, means)
@@ -412,7 +381,7 @@ class Solver:
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         if display:
-            log.info("Iteration %d, lr = %s", self.iter, _fmt(rate))
+            log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self.history["lr"].append((self.iter, rate))
         learnable = self.net.learnable
         with torch.no_grad():
@@ -456,7 +425,7 @@ class Solver:
         if norm > limit:
             scale = limit / norm
             log.info("Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
-                     _fmt(norm), _fmt(limit), _fmt(scale))
+                     fmt(norm), fmt(limit), fmt(scale))
             for g in grads:
                 g.mul_(scale)
 
