@@ -258,3 +258,21 @@ def test_serve_command_is_listed():
     out = subprocess.run([sys.executable, "-m", "caffelike", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "serve" in out
+
+
+def test_job_files_are_served_only_from_inside_the_folder(app, tmp_path):
+    """A name that leaves the folder, a missing file, or a link inside the folder pointing out: all 404."""
+    from werkzeug.exceptions import NotFound
+
+    from caffelike.web.app import job_folder_file
+
+    job = app.extensions["caffelike.store"].create("model", "m", {})
+    (tmp_path / "secret.txt").write_text("not the job's")
+    os.symlink(tmp_path / "secret.txt", os.path.join(job.dir, "link.txt"))
+    with open(os.path.join(job.dir, "deploy.prototxt"), "w") as f:
+        f.write("name: 'x'")
+    with app.test_request_context():
+        assert job_folder_file(job, "deploy.prototxt") == os.path.realpath(os.path.join(job.dir, "deploy.prototxt"))
+        for name in ("link.txt", "../secret.txt", "missing.txt", "/etc/passwd"):
+            with pytest.raises(NotFound):
+                job_folder_file(job, name)

@@ -271,11 +271,13 @@ def fmt_time(t) -> str:
 
 
 def job_folder_file(job, name: str) -> str:
-    """A file of the job by a name from a request: inside the job folder, existing, else 404."""
+    """A file of the job by a name from a request: existing and really inside the job folder (its real path,
+    so that a link pointing out of the folder is a 404 too), else 404."""
     try:
         path = job.path(name)
     except JobError:
         abort(404)
-    if not os.path.isfile(path):
+    real, root = os.path.realpath(path), os.path.realpath(job.dir)
+    if not real.startswith(root + os.sep) or not os.path.isfile(real):
         abort(404)
-    return path
+    return real
