@@ -1,6 +1,7 @@
 """Throughput of the Data layer on the fixture MNIST LMDB (PNG-encoded Datums): decode + DataTransformer
 (scale 0.00390625, as in BVLC's lenet_train_test), batch 64, read synchronously (prefetch: 0) and prefetched by
-worker threads (prefetch: 4).
+worker threads (prefetch: 4), which hand the building to worker processes by default
+(caffelike.data.build_pool; CAFFELIKE_DATA_PROCESSES=0 keeps it on the threads).
 
     python bench/data_pipeline.py [--batches 100] [--batch-size 64] [--workers N]
 
@@ -20,23 +21,32 @@ from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
-from caffelike.data import prefetch
+from caffelike.data import build_pool, prefetch
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum
 from caffelike.data.transformer import DataTransformer
 
 SOURCE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data" / "mnist_train_lmdb"
 
 
-def data_layer(batch_size: int, depth: int, source=SOURCE):
-    text = (f'layer {{ name: "mnist" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.00390625 }} '
-            f'data_param {{ source: "{source}" batch_size: {batch_size} backend: LMDB prefetch: {depth} }} }}')
-    net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
+def data_layer(batch_size: int, depth: int, source=SOURCE, layer=None):
+    """A TRAIN-phase Data layer: LeNet's over `source`, or a copy of the LayerParameter `layer` (bench/training.py
+    measures the training net's own), with `depth` batches prefetched."""
+    if layer is None:
+        text = (f'layer {{ name: "mnist" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.00390625 }} '
+                f'data_param {{ source: "{source}" batch_size: {batch_size} backend: LMDB }} }}')
+        param = text_format.Parse(text, caffe_pb2.NetParameter())
+    else:
+        param = caffe_pb2.NetParameter()
+        param.layer.add().CopyFrom(layer)
+        param.layer[0].ClearField("include")
+    param.layer[0].data_param.prefetch = depth
+    net = caffe.Net(param, caffe.TRAIN)
     return net.layer_list[0]
 
 
-def images_per_second(batch_size: int, batches: int, depth: int, source=SOURCE) -> float:
-    """Images/s the Data layer delivers from the LMDB `source` (bench/training.py measures the digits' LMDB)."""
-    layer = data_layer(batch_size, depth, source)
+def images_per_second(batch_size: int, batches: int, depth: int, source=SOURCE, layer=None) -> float:
+    """Images/s the Data layer (see `data_layer`) delivers."""
+    layer = data_layer(batch_size, depth, source, layer)
     with torch.no_grad():
         layer()  # start-up (threads, first batches) is not what we measure
         start = time.perf_counter()
@@ -105,8 +115,9 @@ def main() -> None:
     sync = images_per_second(args.batch_size, args.batches, 0)
     print(f"synchronous (prefetch: 0): {sync:10.0f} images/s")
     ahead = images_per_second(args.batch_size, args.batches, 4)
-    print(f"prefetched  (prefetch: 4, {prefetch.default_workers(4, 28 * 28)} workers): {ahead:10.0f} images/s "
-          f"({ahead / sync:.2f}x)")
+    processes = build_pool.processes_for(True, 4, 28 * 28)
+    print(f"prefetched  (prefetch: 4, {prefetch.default_workers(4, 28 * 28)} worker threads driving {processes} "
+          f"worker processes): {ahead:10.0f} images/s ({ahead / sync:.2f}x)")
     consumed = training_images_per_second()
     print(f"LeNet training consumes:   {consumed:10.0f} images/s -> the prefetched pipeline runs at "
           f"{ahead / consumed:.1f}x what training needs")

@@ -3,8 +3,9 @@
 Each returns float32 tops on the layer's device (a non-persistent `_device_anchor` buffer follows `net.to()`).
 Data and ImageData prepare their batches ahead of use on worker threads (caffelike.data.prefetch) in exactly the
 order a synchronous read would give; `data_param.prefetch` sets how many batches are in flight (Caffe's
-default 4; 0 reads synchronously inside forward, a caffelike extension).  None of these layers has a backward.
-Top shapes come from setup (the first record), never from consuming data.
+default 4; 0 reads synchronously inside forward, a caffelike extension).  In a training net those threads
+hand the decoding to worker processes (caffelike.data.build_pool; CAFFELIKE_DATA_PROCESSES sets how many).
+None of these layers has a backward.  Top shapes come from setup (the first record), never from consuming data.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import numpy as np
 import torch
 from caffelike.layers import data_shard
 from caffelike.layers.base import Layer, register
+from caffelike.proto import caffe_pb2
 
+from caffelike.data import build_pool
+from caffelike.data.build_pool import BuildPool
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum, read_image
 from caffelike.data.prefetch import Prefetcher
 from caffelike.data.transformer import DataTransformer, caffe_rng_rand, new_generator
@@ -89,42 +93,66 @@ class _Source(Layer):
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
-class _Prefetching(_Source):
-    """Data and ImageData: `_plan()` picks the next batch's records and random draws (sequential), `_build(job)`
-    decodes and transforms them (worker threads)."""
+class _BatchBuilder:
+    """Fills a batch from job = (items, draws): `read(item) -> (pixels CHW, label, where)`, then the
+    transformer.  Picklable, so that worker processes can run it (caffelike.data.build_pool).  The batch
+    shape is the first item's, as Caffe reshapes each batch from its first record."""
 
-    def __init__(self, param, phase):
-        super().__init__(param, phase)
-        self._prefetcher: Prefetcher | None = None
-        self._pin = False
-        self._item_size: int | None = None
-        self.batches_served = 0
+    def __init__(self, transformer: DataTransformer, read):
+        self.transformer = transformer
+        self.read = read
 
-    def _start(self, batch_size: int) -> None:
-        if batch_size <= 0:
-            self.fail("Positive batch size required (batch_size must be > 0)")
-        self.batch_size = batch_size
-        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.where)
-
-    def _prefetch(self) -> Prefetcher:
-        if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self._plan, self._build, depth=int(self.param.data_param.prefetch),
-                                          name=self.layer_name or self.type, item_size=self._item_size)
-        return self._prefetcher
-
-    def _batch(self, job, read) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill a batch from job = (items, draws): read(item) -> (pixels CHW, label, where); the batch shape is
-        the first item's, as Caffe reshapes each batch from its first record."""
+    def __call__(self, job) -> tuple[np.ndarray, np.ndarray]:
         items, draws = job
         data = None
         labels = np.empty(len(items), dtype=np.float32)
         for i, item in enumerate(items):
-            pixels, label, where = read(item)
+            pixels, label, where = self.read(item)
             if data is None:
                 self.transformer.check(pixels.shape, where)
                 data = np.empty((len(items),) + self.transformer.output_shape(pixels.shape), dtype=np.float32)
             self.transformer(pixels, None if draws is None else draws[i], out=data[i], where=where)
             labels[i] = label
+        return data, labels
+
+
+class _Prefetching(_Source):
+    """Data and ImageData: `_plan()` picks the next batch's records and random draws (sequential, in this
+    process), `_builder` decodes and transforms them: on the prefetch threads, or in worker processes
+    driven by those threads (caffelike.data.build_pool: by default for a training net's layers)."""
+
+    # Set by `_start`; a subclass that builds its batches its own way (WindowData) has none, and its batches
+    # are built on the threads.
+    _builder: _BatchBuilder | None = None
+
+    def __init__(self, param, phase):
+        super().__init__(param, phase)
+        self._prefetcher: Prefetcher | None = None
+        self._pool: BuildPool | None = None
+        self._pin = False
+        self._item_size: int | None = None
+        self.batches_served = 0
+
+    def _start(self, batch_size: int, read) -> None:
+        if batch_size <= 0:
+            self.fail("Positive batch size required (batch_size must be > 0)")
+        self.batch_size = batch_size
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, self.where)
+        self._read = read
+        self._builder = _BatchBuilder(self.transformer, read)
+
+    def _prefetch(self) -> Prefetcher:
+        if self._prefetcher is None:
+            depth = int(self.param.data_param.prefetch)
+            processes = build_pool.processes_for(self.phase == caffe_pb2.TRAIN, depth, self._item_size)
+            if processes and depth and self._builder is not None:
+                self._pool = BuildPool(self._builder, processes, self.where)
+            self._prefetcher = Prefetcher(self._plan, self._build, depth=depth, name=self.layer_name or self.type,
+                                          item_size=self._item_size)
+        return self._prefetcher
+
+    def _build(self, job) -> tuple[torch.Tensor, torch.Tensor]:
+        data, labels = self._builder(job) if self._pool is None else self._pool.run(job)
         data_t, labels_t = torch.from_numpy(data), torch.from_numpy(labels)
         if self._pin:
             data_t, labels_t = data_t.pin_memory(), labels_t.pin_memory()
@@ -143,10 +171,13 @@ class _Prefetching(_Source):
         self.batches_served += n
 
     def close(self) -> None:
-        """Stop the prefetch workers (also done when the layer is garbage-collected)."""
+        """Stop the prefetch workers and worker processes (also done when the layer is garbage-collected)."""
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 # ------------------------------------------------------------------------------------------------------- Data
@@ -175,11 +206,10 @@ class Data(_Prefetching):
 
     def setup(self, bottom_shapes):
         p, t = self.param.data_param, self.param.transform_param
-        self._start(int(p.batch_size))
-        # Plain attributes for what the worker threads read (protobuf messages are left to this thread).
-        self._force = (bool(t.force_color), bool(t.force_gray))
         self._shard = data_shard.shard_of(self.phase)
         self.db = DatumDB(p.source, p.backend, self.where)
+        self._force = (bool(t.force_color), bool(t.force_gray))
+        self._start(int(p.batch_size), _DatumReader(f"{self.where}: record", self.db.source, self._force))
         if self._shard[1] > 1:
             log.info("%s", data_shard.describe(self.where, *self._shard))
         if p.rand_skip:
@@ -201,12 +231,6 @@ class Data(_Prefetching):
     def epoch_records(self) -> int | None:
         return self.db.entries if getattr(self, "db", None) is not None else None
 
-    def _read(self, record):
-        key, value = record
-        where = f"{self.where}: record {key.decode('utf-8', 'backslashreplace')!r} of {self.db.source!r}"
-        datum = parse_datum(value, where)
-        return datum_pixels(datum, *self._force, where=where), datum.label, where
-
     def _plan(self):
         rank, count = self._shard
         if count == 1:
@@ -216,9 +240,6 @@ class Data(_Prefetching):
             self.db.skip(data_shard.to_next_kept(self.db.position, rank, count))
             records.extend(self.db.read(1))
         return records, self.transformer.draw(self.batch_size)
-
-    def _build(self, job):
-        return self._batch(job, self._read)
 
     def skip_batches(self, n: int) -> None:
         """Before the first batch is asked for (a resumed run), skipping costs O(records), not O(n): the cursor
@@ -265,12 +286,12 @@ class ImageData(_Prefetching):
 
     def setup(self, bottom_shapes):
         p = self.param.image_data_param
-        self._start(int(p.batch_size))
         if (p.new_height > 0) != (p.new_width > 0):
             self.fail(f"new_height and new_width must both be set or both be 0, got new_height {p.new_height} "
                       f"and new_width {p.new_width}")
         self.lines = self._read_list(p.source)
-        self._reading = (p.source, p.root_folder, bool(p.is_color), int(p.new_height), int(p.new_width))
+        self._start(int(p.batch_size), _ImageReader(self.where, p.source, p.root_folder, bool(p.is_color),
+                                                    int(p.new_height), int(p.new_width)))
         log.info("A total of %d images.", len(self.lines))
         self._shard = data_shard.shard_of(self.phase)
         shared = data_shard.shared_generator() if self._shard[1] > 1 else None
@@ -322,12 +343,6 @@ class ImageData(_Prefetching):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 
-    def _read(self, line):
-        source, root, is_color, new_height, new_width = self._reading
-        path, label, number = line
-        where = f"{self.where}: {source} line {number}"
-        return read_image(root + path, is_color, new_height, new_width, where), label, where
-
     def _advance(self, count: int) -> None:
         """Move `count` lines on, shuffling at each wrap as reading would (whole unshuffled passes at once)."""
         self.offset += count
@@ -352,9 +367,6 @@ class ImageData(_Prefetching):
             self._advance(1)
         return items, self.transformer.draw(self.batch_size)
 
-    def _build(self, job):
-        return self._batch(job, self._read)
-
     def skip_batches(self, n: int) -> None:
         """Before the first batch (a resumed run): move through the list by whole passes, not line by line,
         shuffling at each wrap as reading would, and consume the transformer's draws batch by batch."""
@@ -365,3 +377,30 @@ class ImageData(_Prefetching):
             for _ in range(n):
                 self.transformer.draw(self.batch_size)
         self.batches_served += n
+
+
+# ------------------------------------------------------------------------------------- readers (picklable)
+class _DatumReader:
+    """(key, serialized Datum) -> (pixels CHW, label, where) for the Data layer."""
+
+    def __init__(self, where: str, source: str, force: tuple[bool, bool]):
+        self.where, self.source, self.force = where, source, force
+
+    def __call__(self, record):
+        key, value = record
+        where = f"{self.where} {key.decode('utf-8', 'backslashreplace')!r} of {self.source!r}"
+        datum = parse_datum(value, where)
+        return datum_pixels(datum, *self.force, where=where), datum.label, where
+
+
+class _ImageReader:
+    """(path, label, line number) of an image list -> (pixels CHW, label, where) for the ImageData layer."""
+
+    def __init__(self, where: str, source: str, root: str, is_color: bool, new_height: int, new_width: int):
+        self.where, self.source, self.root = where, source, root
+        self.is_color, self.new_height, self.new_width = is_color, new_height, new_width
+
+    def __call__(self, line):
+        path, label, number = line
+        where = f"{self.where}: {self.source} line {number}"
+        return read_image(self.root + path, self.is_color, self.new_height, self.new_width, where), label, where

@@ -14,3 +14,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _drop_glog_handlers():
+    """A test that runs a command in-process (init_log) leaves a handler on pytest's captured stderr, which
+    pytest closes after the test: later tests' log lines would hit a closed file."""
+    yield
+    import logging
+
+    logger = logging.getLogger("caffelike")
+    for handler in [h for h in logger.handlers if getattr(h, "_caffelike", False)]:
+        logger.removeHandler(handler)
+    logger.propagate = True

@@ -62,10 +62,12 @@ def test_quick_run_other_sections(quick_results):
         assert row["max_abs_diff_nchw"] < 1e-4
     else:
         assert opencv["status"].startswith("not installed")
-    training = results["training"]
-    assert training["iterations"] == 2 and training["images_per_s"] > 0
-    assert training["pipeline_prefetch_images_per_s"] > 0
-    assert training["iteration_vs_fwd_bwd"] == pytest.approx(training["iteration_ms"] / training["fwd_bwd_ms"])
+    runs = results["training"]
+    assert [(r["net"], r["data_processes"]) for r in runs] == [("lenet", 1), ("lenet", 0)]
+    for training in runs:
+        assert training["iterations"] == 2 and training["images_per_s"] > 0
+        assert training["pipeline_prefetch_images_per_s"] > 0
+        assert training["iteration_vs_fwd_bwd"] == pytest.approx(training["iteration_ms"] / training["fwd_bwd_ms"])
     pylayer = results["pylayer"]
     assert {(r["variant"], r["pass"]) for r in pylayer["rows"]} == {
         (v, p) for v in ("none", "BlankSquare", "TorchLayer") for p in ("forward", "fwd+bwd")}

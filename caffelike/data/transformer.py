@@ -77,7 +77,6 @@ class DataTransformer:
     (C, crop or H, crop or W).  `where` names the layer in errors."""
 
     def __init__(self, param: caffe_pb2.TransformationParameter, phase: int, where: str = "DataTransformer"):
-        self.param = param
         self.phase = phase
         self.where = where
         self.scale = np.float32(param.scale)

@@ -1,0 +1,132 @@
+"""Batches built in worker processes: decoding without the training process's GIL.
+
+A prefetching data layer builds its batches on worker threads (caffelike.data.prefetch).  Where the build is
+Python-heavy (many small PNG or JPEG records: Pillow's chunk parsing, per-record calls), the worker thread
+holds the GIL for milliseconds at a time, and the training thread waits for it after every torch op that
+released it: on LeNet/MNIST one solver iteration took 1.35x forward+backward alone, though the pipeline was 7x
+faster than training needed.  Building in another process removes the contention: the worker thread only
+sends the batch's records and waits (the GIL released) for the arrays to come back.
+
+The pool runs one builder, sent once to every worker process at its start (so a mean image is not pickled with
+each batch): `builder(job) -> tuple of numpy arrays`.  The plan (which records, which random draws) stays in
+the training process, so the batches are exactly those of a synchronous read.  Processes are forked on Linux
+(started in milliseconds, nothing re-imported) and spawned elsewhere, where they are used only when asked for.  A worker that dies makes
+the next batch raise a CaffeError naming the layer; the pool is shut down when the layer closes, is
+collected, or the interpreter exits.
+
+How many processes a layer gets: `PROCESSES` when set (0: build on the threads), else the environment's
+CAFFELIKE_DATA_PROCESSES, else `default_processes`.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.util
+import os
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
+
+from caffelike.data.prefetch import default_workers
+from caffelike.errors import CaffeError
+
+# Worker processes for every data layer set up from now on (None: the environment, then `default_processes`).
+PROCESSES: int | None = None
+
+ENV = "CAFFELIKE_DATA_PROCESSES"
+
+_builder: Callable | None = None  # in a worker process: the builder it runs
+
+
+def _install(builder: Callable) -> None:
+    global _builder
+    _builder = builder
+    # A worker must not outlive the training process: killed, the parent can no longer tell it to stop, and
+    # the worker would wait for jobs forever.
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="caffelike-parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _run(job):
+    return _builder(job)
+
+
+def default_processes(training: bool, depth: int, item_size: int | None) -> int:
+    """For a training net's layer, as many processes as the prefetcher would have threads (one for small
+    items, one per core up to 4 for large ones); none for a test net's, and none where processes are not
+    forked (see `_context`).  Training reads a batch every
+    iteration, and the GIL contention the processes remove is paid on every one; a test net reads in bursts
+    between which the threads cost nothing, and its processes would stay idle."""
+    return default_workers(depth, item_size) if training and _can_fork() else 0
+
+
+def processes_for(training: bool, depth: int, item_size: int | None) -> int:
+    """How many worker processes a data layer gets (see the module's docstring)."""
+    if PROCESSES is not None:
+        return max(0, int(PROCESSES))
+    value = os.environ.get(ENV, "").strip()
+    if value:
+        try:
+            return max(0, int(value))
+        except ValueError:
+            raise CaffeError(f"{ENV} must be a whole number of worker processes, got {value!r}") from None
+    return default_processes(training, depth, item_size)
+
+
+def _shut_down(executor: ProcessPoolExecutor) -> None:
+    # Batches not started are dropped; one being built is finished (a bounded decode), then the workers exit.
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _can_fork() -> bool:
+    # Linux only: macOS has fork, but system libraries there are not safe to use in a forked child.
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _context():
+    """Fork where it is safe (Linux), as torch's DataLoader does: a worker starts in milliseconds, and nothing is
+    imported again.  The child runs only numpy and Pillow code, never torch's threads or a database handle it
+    inherited.  Elsewhere spawn, which runs the main script again in each worker: a script that sets
+    CAFFELIKE_DATA_PROCESSES there needs the `if __name__ == "__main__":` guard.  (A fork server would do the
+    same, which is why it is not used: a pycaffe script without the guard would train twice.)"""
+    return multiprocessing.get_context("fork" if _can_fork() else "spawn")
+
+
+class BuildPool:
+    """`run(job)` returns `builder(job)` computed in one of `processes` worker processes.  `where` names the
+    layer in errors."""
+
+    def __init__(self, builder: Callable, processes: int, where: str):
+        self.where = where
+        self.processes = int(processes)
+        self._executor = ProcessPoolExecutor(max_workers=self.processes, mp_context=_context(),
+                                             initializer=_install, initargs=(builder,))
+        # multiprocessing's Finalize, not weakref's: it also runs when the process holding the pool is itself a
+        # multiprocessing child (a rank of `caffelike train --workers`), whose exit joins its own children and
+        # would wait on these idle workers forever.  Its priority puts it before the pool's own queues are
+        # closed, which would keep the workers from being told to stop.
+        self._finalizer = multiprocessing.util.Finalize(self, _shut_down, args=(self._executor,), exitpriority=100)
+
+    def run(self, job):
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns at every fork of a process with threads; the first submit forks the
+                # workers, and `_context` says why their code is safe there.
+                warnings.filterwarnings("ignore", r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+                                        DeprecationWarning)
+                future = self._executor.submit(_run, job)
+            return future.result()
+        except BrokenProcessPool as e:
+            raise CaffeError(f"{self.where}: a data worker process died while building a batch ({e}); set "
+                             f"{ENV}=0 to build batches on threads in the training process") from None
+
+    def close(self) -> None:
+        self._finalizer()

@@ -1,0 +1,163 @@
+"""Batches built in worker processes (caffelike.data.build_pool): the same batches as a synchronous read, the
+same errors, a clear one when a worker dies, and no processes left behind."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from helpers import Case, assert_blob_close
+from test_layers_data import data_net, forward, raw_images, write_lmdb
+
+import caffelike as caffe
+from caffelike.data import build_pool
+from caffelike.data.datum import array_to_datum
+from caffelike.errors import CaffeError
+
+
+@pytest.fixture
+def processes(monkeypatch):
+    """Set how many worker processes data layers get (build_pool.PROCESSES) for one test."""
+    def set_to(n):
+        monkeypatch.setattr(build_pool, "PROCESSES", n)
+    return set_to
+
+
+def layer_of(net):
+    return net.layer_list[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_process_built_batches_equal_synchronous_ones_with_random_transforms(tmp_path, processes, workers):
+    images = raw_images(7, shape=(3, 8, 8))
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, i) for i, im in enumerate(images)])
+    runs = []
+    for prefetch, n in ((0, 0), (3, workers)):
+        processes(n)
+        caffe.set_random_seed(99)
+        net = data_net(source, batch=3, transform="crop_size: 5 mirror: true scale: 0.5",
+                       extra=f"prefetch: {prefetch}", phase=caffe.TRAIN)
+        runs.append([forward(net) for _ in range(6)])
+        pool = layer_of(net)._pool
+        assert (pool is not None and pool.processes == n) if n else pool is None
+        layer_of(net).close()
+    for (a, la), (b, lb) in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes are the default only where they fork")
+@pytest.mark.parametrize("name", ["data_lmdb_transform", "imagedata"])
+def test_caffe_fixture_cases_through_worker_processes(name, processes, monkeypatch):
+    """Real Caffe's Data (LMDB, mean file, centre crop) and ImageData outputs, reproduced by batches built in
+    a worker process (asked for explicitly: a TEST net has none by default)."""
+    processes(1)
+    case = Case.load("layers", name)
+    monkeypatch.chdir(case.path)
+    net = caffe.Net(str(case.path / "net.prototxt"), caffe.TEST)
+    net.forward()
+    assert layer_of(net)._pool is not None and layer_of(net)._pool.processes == 1
+    for blob in case.meta["blobs"]:
+        assert_blob_close(net.blobs[blob].data, case.data(blob), name=blob, **case.tolerance)
+    layer_of(net).close()
+
+
+def test_training_nets_use_a_process_and_test_nets_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv(build_pool.ENV, raising=False)
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    train, test = data_net(source, phase=caffe.TRAIN), data_net(source, phase=caffe.TEST)
+    train.forward()
+    test.forward()
+    assert layer_of(train)._pool.processes == 1
+    assert layer_of(test)._pool is None
+    layer_of(train).close()
+    assert layer_of(train)._pool is None
+
+
+def test_environment_sets_the_processes_and_a_bad_value_is_named(tmp_path, monkeypatch):
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    monkeypatch.setenv(build_pool.ENV, "0")
+    net = data_net(source, phase=caffe.TRAIN)
+    net.forward()
+    assert layer_of(net)._pool is None
+    monkeypatch.setenv(build_pool.ENV, "two")
+    with pytest.raises(CaffeError, match=f"{build_pool.ENV} must be a whole number.*'two'"):
+        data_net(source, phase=caffe.TRAIN).forward()
+
+
+def test_a_bad_record_names_its_key_from_the_worker_process(tmp_path, processes):
+    processes(1)
+    good = array_to_datum(raw_images(1)[0])
+    source = write_lmdb(tmp_path / "bad", [good, b"\xff\xff\xff not a datum"], keys=["a", "b_broken"])
+    net = data_net(source, batch=1, phase=caffe.TRAIN)
+    net.forward()
+    with pytest.raises(CaffeError, match=r"record 'b_broken'.*not a serialized caffe.Datum"):
+        net.forward()
+    layer_of(net).close()
+
+
+def test_a_dead_worker_process_is_a_clear_error(tmp_path, processes):
+    processes(1)
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    net = data_net(source, batch=2, extra="prefetch: 1", phase=caffe.TRAIN)
+    net.forward()
+    pool = layer_of(net)._pool
+    for pid in list(pool._executor._processes):
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(CaffeError, match=r'Data layer "d".*data worker process died.*CAFFELIKE_DATA_PROCESSES=0'):
+        for _ in range(4):  # the batch in flight may have been finished before the kill
+            net.forward()
+    layer_of(net).close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_close_ends_the_worker_processes(tmp_path, processes):
+    processes(2)
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    net = data_net(source, phase=caffe.TRAIN)
+    net.forward()
+    pids = list(layer_of(net)._pool._executor._processes)
+    assert len(pids) == 2 and all(running(pid) for pid in pids)
+    layer_of(net).close()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(running(pid) for pid in pids)
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (the pool's own thread reaps it, so Process.is_alive()
+    from here can be stale)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """The worker processes are forked (on Linux): a pycaffe script without `if __name__ == "__main__"` is not
+    run again in them, as it would be by spawn or a fork server."""
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import caffelike as caffe
+        from caffelike.proto import caffe_pb2
+        from google.protobuf import text_format
+        print("script body ran", flush=True)
+        text = ('layer {{ name: "d" type: "Data" top: "data" top: "label" '
+                'data_param {{ source: "{source}" batch_size: 2 backend: LMDB }} }}')
+        net = caffe.Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
+        for _ in range(3):
+            net.forward()
+        print("pool", net.layer_list[0]._pool.processes, flush=True)
+    """))
+    env = {k: v for k, v in os.environ.items() if k != build_pool.ENV}
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("script body ran") == 1, done.stdout
+    assert "pool 1" in done.stdout
