@@ -96,7 +96,7 @@ def prepare_cifar(folder: str, max_iter: int) -> str:
     with open(net_file, "w") as f:
         f.write(str(net))
     solver = read_solver(zoo.path("cifar10_quick", "cifar10_quick_solver.prototxt"))
-    solver.net, solver.max_iter = net_file, max_iter
+    solver.net, solver.max_iter, solver.random_seed = net_file, max_iter, 1701
     solver.snapshot_prefix = os.path.join(folder, "cifar10_quick")
     solver.solver_mode = solver.CPU
     solver_file = os.path.join(folder, "cifar10_quick_solver.prototxt")
