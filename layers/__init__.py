@@ -11,6 +11,7 @@ from . import (  # noqa: F401,E402
     neuron,
     neuron_extra,
     norm,
+    pooling,
     python,
     recurrent,
     torch_module,

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from caffelike.proto import caffe_pb2
 
 from .base import Layer, count, is_compiling, is_meta, register, shape_str
-from .vision import Pooling, conv_geometry
+from .pooling import Pooling
+from .vision import conv_geometry
 
 _REDUCTION = caffe_pb2.ReductionParameter
 _SPP = caffe_pb2.SPPParameter

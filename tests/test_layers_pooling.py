@@ -10,14 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from caffelike.layers.vision import pooled_size
+from caffelike.layers.pooling import pooled_size
+from caffelike.proto import caffe_pb2
 from helpers import assert_blob_close, check_gradient, make_layer
 from test_layers_vision import FLT_MAX, one_thread, pool_text, rng, run  # noqa: F401 (one_thread: an autouse fixture)
 
 import caffelike as caffe
 from caffelike.errors import LayerError
 from caffelike.format.prototxt import parse_net
-from caffelike.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 set_random_seed = caffe.set_random_seed

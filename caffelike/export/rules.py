@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from caffelike.layers.vision import pooled_size
+from caffelike.layers.pooling import pooled_size
 from caffelike.proto import caffe_pb2
 
 _POOL = caffe_pb2.PoolingParameter
