@@ -123,19 +123,27 @@ class Pooling(Layer):
             if p >= k:
                 self.fail(f"pad_{axis} {p} must be smaller than kernel_{axis} {k}")
 
-    def forward(self, x):
-        _need_4d(self, x.shape)
-        pp = self.param.pooling_param
-        height, width = int(x.shape[2]), int(x.shape[3])
+    def windows(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int],
+                                                        tuple[int, int]]:
+        """(kernel, pad, stride, pooled output size), each (h, w), for a height x width bottom, by Caffe's size
+        rule (the export path places the same windows)."""
         kh, kw = (height, width) if self.kernel is None else self.kernel
         (ph, pw), (sh, sw) = self.pad, self.stride
-        ceil = pp.round_mode == _POOL.CEIL
+        ceil = self.param.pooling_param.round_mode == _POOL.CEIL
         clip = ph > 0 or pw > 0
         oh = pooled_size(height, kh, ph, sh, ceil, clip)
         ow = pooled_size(width, kw, pw, sw, ceil, clip)
         if oh < 1 or ow < 1:
             self.fail(f"pooled output ({oh}, {ow}) is empty for a {height}x{width} bottom with kernel ({kh}, {kw}), "
                       f"stride ({sh}, {sw}), pad ({ph}, {pw})")
+        return (kh, kw), (ph, pw), (sh, sw), (oh, ow)
+
+    def forward(self, x):
+        _need_4d(self, x.shape)
+        pp = self.param.pooling_param
+        height, width = int(x.shape[2]), int(x.shape[3])
+        (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.windows(height, width)
+        ceil = pp.round_mode == _POOL.CEIL
         if pp.pool == _POOL.STOCHASTIC:
             return self._stochastic(x, oh, ow, (kh, kw), (sh, sw))
         # Pad so that the windows tile the padded map exactly: -pad before, and after up to the end of the last

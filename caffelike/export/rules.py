@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from caffelike.layers.pooling import pooled_size
 from caffelike.proto import caffe_pb2
 
 _POOL = caffe_pb2.PoolingParameter
@@ -69,14 +68,7 @@ def pool(layer, x: torch.Tensor, phase_train: bool = False):
     """Caffe's Pooling forward (MAX, AVE, STOCHASTIC in TEST) on `layer`'s geometry, with explicit windows."""
     pp = layer.param.pooling_param
     height, width = int(x.shape[2]), int(x.shape[3])
-    kh, kw = (height, width) if layer.kernel is None else layer.kernel
-    (ph, pw), (sh, sw) = layer.pad, layer.stride
-    ceil = pp.round_mode == _POOL.CEIL
-    clip = ph > 0 or pw > 0
-    oh = pooled_size(height, kh, ph, sh, ceil, clip)
-    ow = pooled_size(width, kw, pw, sw, ceil, clip)
-    if oh < 1 or ow < 1:
-        layer.fail(f"pooled output ({oh}, {ow}) is empty for a {height}x{width} bottom")
+    (kh, kw), (ph, pw), (sh, sw), (oh, ow) = layer.windows(height, width)
     after_h = (oh - 1) * sh + kh - height - ph
     after_w = (ow - 1) * sw + kw - width - pw
     if (after_h, after_w) == (ph, pw) and 2 * ph <= kh and 2 * pw <= kw and layer.num_tops < 2 \
