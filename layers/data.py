@@ -121,9 +121,8 @@ class _Prefetching(_Source):
     process), `_builder` decodes and transforms them: on the prefetch threads, or in worker processes
     driven by those threads (caffelike.data.build_pool: by default for a training net's layers)."""
 
-    # Set by `_start`; a subclass that builds its batches its own way (WindowData) has none, and its batches
-    # are built on the threads.
-    _builder: _BatchBuilder | None = None
+    # Set by `_start` (WindowData sets its own): picklable, job -> (data, labels) numpy arrays.
+    _builder = None
 
     def __init__(self, param, phase):
         super().__init__(param, phase)
@@ -145,7 +144,7 @@ class _Prefetching(_Source):
         if self._prefetcher is None:
             depth = int(self.param.data_param.prefetch)
             processes = build_pool.processes_for(self.phase == caffe_pb2.TRAIN, depth, self._item_size)
-            if processes and depth and self._builder is not None:
+            if processes and depth:
                 self._pool = BuildPool(self._builder, processes, self.where)
             self._prefetcher = Prefetcher(self._plan, self._build, depth=depth, name=self.layer_name or self.type,
                                           item_size=self._item_size)

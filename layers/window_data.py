@@ -1,8 +1,8 @@
 """WindowData: R-CNN's fine-tuning source, boxes ("windows") cut out of images and warped to a fixed square.
 
 Caffe's source: window_data_layer.cpp.  The batch is planned (which windows, which are mirrored) in order and
-built on the prefetch workers, like Data and ImageData (caffelike.data.prefetch), so prefetched batches equal a
-synchronous read.  The box arithmetic is done in float32 with C's round-half-away-from-zero, as Caffe's
+built on the prefetch workers, like Data and ImageData (caffelike.data.prefetch; in a worker process for a
+training net, caffelike.data.build_pool), so prefetched batches equal a synchronous read.  The box arithmetic is done in float32 with C's round-half-away-from-zero, as Caffe's
 `Dtype = float` code does, so the crop geometry is Caffe's to the pixel.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from caffelike.layers.base import register
 from caffelike.layers.data import _Prefetching
 
 from caffelike.data.datum import COLOR, DatumError, decode_image, read_image, resize_linear
 from caffelike.data.transformer import load_mean_file, new_generator
+from caffelike.errors import LayerError
 
 log = logging.getLogger("caffelike")
 
@@ -178,11 +178,11 @@ class WindowData(_Prefetching):
             self.fail(f"{where}: the image declares {channels} channels; the last image's count is the top's "
                       "channel count, and WindowData reads every image in colour (3 channels, BGR)")
         self._mean(t, channels)
-        self._cache = None
-        if p.cache_images:  # the files' bytes, decoded at each use, as Caffe caches encoded Datums
-            self._cache = [self._file_bytes(i) for i in range(len(self.images))]
         self.rng = new_generator()  # Caffe seeds prefetch_rng_ whenever crop_size is set, i.e. always
         self._shapes = [(self.batch_size, channels, self.crop, self.crop), (self.batch_size,)]
+        self._builder = _WindowBuilder(self)
+        if p.cache_images:  # the files' bytes, decoded at each use, as Caffe caches encoded Datums
+            self._builder.cache_files()
         log.info("output data size: %s", ",".join(str(d) for d in self._shapes[0]))
         self._item_size = channels * self.crop * self.crop
 
@@ -272,6 +272,40 @@ class WindowData(_Prefetching):
             self.mean_values = np.resize(np.asarray(t.mean_value, dtype=np.float32), channels)
 
     # -------------------------------------------------------------------------------------------- batches
+    def _plan(self):
+        draws = self.rng.integers(0, 2**32, size=(self.batch_size, 2 if self.mirror else 1), dtype=np.uint64)
+        picks = []
+        for i in range(self.batch_size):
+            pool = self.bg if i < self.batch_size - self.num_fg else self.fg
+            picks.append((pool[int(draws[i, 0] % len(pool))], bool(self.mirror and draws[i, 1] % 2)))
+        return picks
+
+
+class _WindowBuilder:
+    """Builds a WindowData batch from its picks: picklable (the layer's geometry, mean and image list, not the
+    layer), so that the batch can be built in a worker process (caffelike.data.build_pool)."""
+
+    def __init__(self, layer: WindowData):
+        self.where, self.images, self.source = layer.where, layer.images, layer.source
+        self.crop, self.context_pad, self.square, self.scale = layer.crop, layer.context_pad, layer.square, layer.scale
+        self.mean, self.mean_off, self.mean_values = layer.mean, layer.mean_off, layer.mean_values
+        self.shape = layer._shapes[0]
+        self._cache: list[bytes] | None = None
+
+    def cache_files(self) -> None:
+        self._cache = [self._file_bytes(i) for i in range(len(self.images))]
+
+    def _fail(self, message: str) -> None:
+        raise LayerError(f"{self.where}: {message}")
+
+    def __call__(self, picks) -> tuple[np.ndarray, np.ndarray]:
+        data = np.zeros(self.shape, dtype=np.float32)
+        labels = np.empty(len(picks), dtype=np.float32)
+        for i, (window, do_mirror) in enumerate(picks):
+            self._warp(window, do_mirror, data[i])
+            labels[i] = window.label
+        return data, labels
+
     def _where(self, index: int) -> str:
         path, _, line = self.images[index]
         return f"{self.where}: image {path!r} ({line})"
@@ -289,25 +323,6 @@ class WindowData(_Prefetching):
             return decode_image(self._cache[index], COLOR, self._where(index))
         return read_image(self.images[index][0], True, where=self._where(index))
 
-    def _plan(self):
-        draws = self.rng.integers(0, 2**32, size=(self.batch_size, 2 if self.mirror else 1), dtype=np.uint64)
-        picks = []
-        for i in range(self.batch_size):
-            pool = self.bg if i < self.batch_size - self.num_fg else self.fg
-            picks.append((pool[int(draws[i, 0] % len(pool))], bool(self.mirror and draws[i, 1] % 2)))
-        return picks
-
-    def _build(self, picks):
-        data = np.zeros(self._shapes[0], dtype=np.float32)
-        labels = np.empty(self.batch_size, dtype=np.float32)
-        for i, (window, do_mirror) in enumerate(picks):
-            self._warp(window, do_mirror, data[i])
-            labels[i] = window.label
-        data_t, labels_t = torch.from_numpy(data), torch.from_numpy(labels)
-        if self._pin:
-            data_t, labels_t = data_t.pin_memory(), labels_t.pin_memory()
-        return data_t, labels_t
-
     def _warp(self, window: Window, do_mirror: bool, out: np.ndarray) -> None:
         pixels = self._pixels(window.image)
         _, img_h, img_w = pixels.shape
@@ -315,11 +330,11 @@ class WindowData(_Prefetching):
                             self.context_pad, self.square, do_mirror)
         at = f"{self.source} line {window.line}"
         if not (0 <= g.x1 <= g.x2 < img_w and 0 <= g.y1 <= g.y2 < img_h):
-            self.fail(f"{at}: the window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) becomes the box "
+            self._fail(f"{at}: the window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) becomes the box "
                       f"({g.x1}, {g.y1}, {g.x2}, {g.y2}), which is not inside the {img_w}x{img_h} (width x height) "
                       f"image {self.images[window.image][0]!r}")
         if g.height <= 0 or g.width <= 0:
-            self.fail(f"{at}: the window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) lies so far outside "
+            self._fail(f"{at}: the window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) lies so far outside "
                       f"the image that nothing of it is left to warp into the {self.crop}x{self.crop} crop")
         patch = resize_linear(pixels[:, g.y1:g.y2 + 1, g.x1:g.x2 + 1], g.height, g.width)
         if do_mirror:

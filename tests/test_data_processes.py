@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import Case, assert_blob_close
 from test_layers_data import data_net, forward, raw_images, write_lmdb
+from test_layers_window_data import batch, mixed_file, scene, window_net  # noqa: F401 (scene: a fixture)
 
 import caffelike as caffe
 from caffelike.data import build_pool
@@ -161,3 +162,21 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("script body ran") == 1, done.stdout
     assert "pool 1" in done.stdout
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_window_data_batches_are_the_same_in_a_process(scene, processes, cache):  # noqa: F811
+    """WindowData (R-CNN) builds in a worker process too, with or without cache_images."""
+    source = mixed_file(scene)
+    extra = "fg_fraction: 0.5" + (" cache_images: true" if cache else "")
+    runs = []
+    for n in (0, 1):
+        processes(n)
+        caffe.set_random_seed(5)
+        net = window_net(source, batch=6, transform="crop_size: 8 mirror: true", extra=extra)
+        runs.append([batch(net) for _ in range(4)])
+        assert (layer_of(net)._pool is not None) == bool(n)
+        layer_of(net).close()
+    for (a, la), (b, lb) in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
