@@ -272,7 +272,8 @@ class LSTM(_Recurrent):
     state_names = ("h_0", "c_0")
     gate_mult = 4
 
-    def _unroll(self, xw, xw_static, cont, states):
+    def _unroll(self, xw, xw_static, cont, states, step=lstm_step):
+        """`step`: the LSTMUnit arithmetic (the ONNX export passes its own form of it)."""
         w_hc = self.blobs[-1]
         h, c = states
         hs = []
@@ -280,6 +281,6 @@ class LSTM(_Recurrent):
             gates = F.linear(cont[t].unsqueeze(-1) * h, w_hc) + xw[t]
             if xw_static is not None:
                 gates = gates + xw_static
-            c, h = lstm_step(c, gates, cont[t])
+            c, h = step(c, gates, cont[t])
             hs.append(h)
         return torch.stack(hs), [h, c]

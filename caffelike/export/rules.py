@@ -205,16 +205,7 @@ def _recurrent(layer, consts, *bottoms):
     if layer.type == "RNN":
         out, finals = layer._unroll(xw, xw_static, cont, states)
     else:
-        w_hc = layer.blobs[-1]
-        h, c = states
-        hs = []
-        for t in range(xw.shape[0]):
-            g = F.linear(cont[t].unsqueeze(-1) * h, w_hc) + xw[t]
-            if xw_static is not None:
-                g = g + xw_static
-            c, h = _lstm_step(c, g, cont[t])
-            hs.append(h)
-        out, finals = torch.stack(hs), [h, c]
+        out, finals = layer._unroll(xw, xw_static, cont, states, step=_lstm_step)
     if layer.expose_hidden:
         return (out, *(f.unsqueeze(0) for f in finals))
     return out
