@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
-from test_upgrade import (
-    V0_LENET,
-    V0_LENET_UPGRADED,
-    V1_ALEXNET,
-    V1_ALEXNET_UPGRADED,
-    V1_DEPLOY,
-    V1_DEPLOY_UPGRADED,
-    parse_net,
-)
+from test_upgrade import V0_LENET, V0_LENET_UPGRADED, parse_net
+from test_upgrade_v1 import V1_ALEXNET, V1_ALEXNET_UPGRADED, V1_DEPLOY, V1_DEPLOY_UPGRADED
 
 from caffelike.errors import PrototxtError
 from caffelike.format.upgrade import upgrade_solver
