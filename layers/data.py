@@ -18,8 +18,9 @@ from caffelike.layers import data_shard
 from caffelike.layers.base import Layer, register
 from caffelike.proto import caffe_pb2
 
-from caffelike.data import build_pool
+from caffelike.data import build_pool, decoded_cache
 from caffelike.data.build_pool import BuildPool
+from caffelike.data.decoded_cache import DecodedCache
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum, read_image
 from caffelike.data.prefetch import Prefetcher
 from caffelike.data.transformer import DataTransformer, caffe_rng_rand, new_generator
@@ -380,16 +381,24 @@ class ImageData(_Prefetching):
 
 # ------------------------------------------------------------------------------------- readers (picklable)
 class _DatumReader:
-    """(key, serialized Datum) -> (pixels CHW, label, where) for the Data layer."""
+    """(key, serialized Datum) -> (pixels CHW, label, where) for the Data layer.  Encoded Datums' pixels are
+    kept for the next epoch (caffelike.data.decoded_cache)."""
 
     def __init__(self, where: str, source: str, force: tuple[bool, bool]):
         self.where, self.source, self.force = where, source, force
+        self.cache = DecodedCache(decoded_cache.budget_bytes())
 
     def __call__(self, record):
         key, value = record
         where = f"{self.where} {key.decode('utf-8', 'backslashreplace')!r} of {self.source!r}"
+        hit = self.cache.get(value)
+        if hit is not None:
+            return hit[0], hit[1], where
         datum = parse_datum(value, where)
-        return datum_pixels(datum, *self.force, where=where), datum.label, where
+        pixels = datum_pixels(datum, *self.force, where=where)
+        if datum.encoded:
+            self.cache.put(value, pixels, datum.label)
+        return pixels, datum.label, where
 
 
 class _ImageReader:

@@ -202,3 +202,25 @@ def test_a_copied_compiled_net_runs_its_own_layers():
     with torch.no_grad():
         twin.layer_list[twin.layer_index("ip2")].blobs[1][0] += 10.0  # ...but not one that favours class 0
     assert twin.run(data=x)["prob"][:, 0].min() > net.run(data=x)["prob"][:, 0].max()
+
+
+@pytest.mark.parametrize("region,channels_last", [("ACROSS_CHANNELS", True), ("ACROSS_CHANNELS", False),
+                                                  ("WITHIN_CHANNEL", True)])
+def test_compiled_lrn_matches_eager_forward_and_backward(region, channels_last):
+    """Traced, LRN across channels runs torch's own LRN (which Inductor lowers best); eagerly, window sums on the
+    channels_last memory.  Both compute Caffe's formula."""
+    layer = make_layer(f"name: 'n' type: 'LRN' lrn_param {{ local_size: 5 alpha: 0.01 beta: 0.75 k: 2 "
+                       f"norm_region: {region} }}", [(2, 7, 5, 6)], caffe.TRAIN)
+    x = torch.randn(2, 7, 5, 6, generator=torch.Generator().manual_seed(3))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    results = []
+    for run in (layer, torch.compile(lambda t: layer(t), backend="aot_eager", dynamic=False)):
+        torch._dynamo.reset()
+        xg = x.clone().requires_grad_()
+        y = run(xg)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append((y.detach(), xg.grad))
+    (y0, g0), (y1, g1) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
