@@ -161,16 +161,20 @@ def section_solver(args, results: dict) -> None:
 
 
 def section_training(args, results: dict) -> None:
-    """Each net trained twice in the same run: data built in worker processes (the default) and on threads."""
+    """Each net trained twice in the same run: data built in a worker process and on threads (the default is
+    whichever build_pool.default_processes picks for this machine's cores and torch threads)."""
     from bench import training
+    from caffelike.data import build_pool
 
     results["training"] = []
     for net in [n for n in args.nets if n in training.NETS]:
         default_iters = 200 if net == "lenet" else 60
         iters = args.train_iters or (20 if args.quick else default_iters)
-        for processes in (None, 0):
+        default = build_pool.processes_for(True, 4, None, computing_on_cpu=args.device == "cpu")
+        for processes in (1, 0):
             out = training.run(iters, warmup=2 if args.quick else 5, pipeline_batches=20 if args.quick else 50,
                                device=args.device, net=net, processes=processes)
+            out["default"] = bool(processes) == bool(default)
             results["training"].append(out)
             print_training(out)
 
@@ -237,8 +241,8 @@ def print_solver(out: dict) -> None:
 
 
 def print_training(out: dict) -> None:
-    print(f"\n== {out['net']} training, data built in {out['data_processes']} worker processes "
-          f"({out['described']}, batch {out['batch']})")
+    print(f"\n== {out['net']} training, data built in {out['data_processes']} worker processes"
+          f"{' (the default here)' if out.get('default') else ''} ({out['described']}, batch {out['batch']})")
     print(f"solver:        {out['iters_per_s']:8.1f} iterations/s  {out['images_per_s']:8.0f} images/s "
           f"({out['iterations']} iterations in {out['seconds']:.2f} s, smoothed loss {out['smoothed_loss']:.3f})")
     print(f"data pipeline: {out['pipeline_sync_images_per_s']:8.0f} images/s synchronous, "

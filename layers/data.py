@@ -144,7 +144,8 @@ class _Prefetching(_Source):
     def _prefetch(self) -> Prefetcher:
         if self._prefetcher is None:
             depth = int(self.param.data_param.prefetch)
-            processes = build_pool.processes_for(self.phase == caffe_pb2.TRAIN, depth, self._item_size)
+            processes = build_pool.processes_for(self.phase == caffe_pb2.TRAIN, depth, self._item_size,
+                                                 self._device_anchor.device.type == "cpu")
             if processes and depth:
                 self._pool = BuildPool(self._builder, processes, self.where)
             self._prefetcher = Prefetcher(self._plan, self._build, depth=depth, name=self.layer_name or self.type,

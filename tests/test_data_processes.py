@@ -78,6 +78,20 @@ def test_training_nets_use_a_process_and_test_nets_threads(tmp_path, monkeypatch
     assert layer_of(train)._pool is None
 
 
+def test_no_process_when_torch_threads_take_every_core(tmp_path, monkeypatch):
+    """The worker would have no core of its own, and the pipe costs more than the GIL it spares; a net computing
+    on a GPU leaves the cores to the decoding and keeps its process."""
+    monkeypatch.delenv(build_pool.ENV, raising=False)
+    monkeypatch.setattr(build_pool, "_usable_cores", lambda: 1)
+    source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
+    train = data_net(source, phase=caffe.TRAIN)
+    train.forward()
+    assert layer_of(train)._pool is None
+    assert build_pool.processes_for(True, 4, 784, computing_on_cpu=False) == (1 if build_pool._can_fork() else 0)
+    monkeypatch.setattr(build_pool, "_usable_cores", lambda: 2)
+    assert build_pool.processes_for(True, 4, 784) == (1 if build_pool._can_fork() else 0)
+
+
 def test_environment_sets_the_processes_and_a_bad_value_is_named(tmp_path, monkeypatch):
     source = write_lmdb(tmp_path / "lmdb", [array_to_datum(im, 0) for im in raw_images(4)])
     monkeypatch.setenv(build_pool.ENV, "0")
@@ -156,7 +170,7 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
             net.forward()
         print("pool", net.layer_list[0]._pool.processes, flush=True)
     """))
-    env = {k: v for k, v in os.environ.items() if k != build_pool.ENV}
+    env = dict(os.environ, **{build_pool.ENV: "1"})  # whatever the cores, so the fork is tested
     done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
                           env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
