@@ -85,7 +85,8 @@ def test_the_budget_comes_from_the_environment(monkeypatch, value, budget):
     assert decoded_cache.budget_bytes() == budget
 
 
-def test_a_bad_budget_is_an_error_that_names_the_variable(monkeypatch):
-    monkeypatch.setenv(decoded_cache.ENV, "lots")
-    with pytest.raises(CaffeError, match="CAFFELIKE_DATA_CACHE_MB.*'lots'"):
+@pytest.mark.parametrize("value", ["lots", "nan", "inf"])
+def test_a_bad_budget_is_an_error_that_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(decoded_cache.ENV, value)
+    with pytest.raises(CaffeError, match=f"CAFFELIKE_DATA_CACHE_MB.*'{value}'"):
         decoded_cache.budget_bytes()

@@ -12,6 +12,7 @@ churn).  CAFFELIKE_DATA_CACHE_MB sets the budget per data layer (and per worker 
 """
 from __future__ import annotations
 
+import math
 import os
 
 from caffelike.errors import CaffeError
@@ -31,8 +32,10 @@ def budget_bytes() -> int:
     try:
         mb = float(value)
     except ValueError:
+        mb = math.nan
+    if not math.isfinite(mb):
         raise CaffeError(f"{ENV} must be a number of megabytes (0 turns the decoded-image cache off), "
-                         f"got {value!r}") from None
+                         f"got {value!r}")
     return max(0, int(mb * (1 << 20)))
 
 
