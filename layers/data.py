@@ -105,15 +105,16 @@ class _BatchBuilder:
 
     def __call__(self, job) -> tuple[np.ndarray, np.ndarray]:
         items, draws = job
-        data = None
-        labels = np.empty(len(items), dtype=np.float32)
-        for i, item in enumerate(items):
-            pixels, label, where = self.read(item)
-            if data is None:
-                self.transformer.check(pixels.shape, where)
-                data = np.empty((len(items),) + self.transformer.output_shape(pixels.shape), dtype=np.float32)
-            self.transformer(pixels, None if draws is None else draws[i], out=data[i], where=where)
-            labels[i] = label
+        samples = [self.read(item) for item in items]  # (pixels, label, where)
+        first, _, where = samples[0]
+        self.transformer.check(first.shape, where)
+        data = np.empty((len(items),) + self.transformer.output_shape(first.shape), dtype=np.float32)
+        labels = np.array([label for _, label, _ in samples], dtype=np.float32)
+        if draws is None and all(p.shape == first.shape and p.dtype == first.dtype for p, _, _ in samples):
+            self.transformer.transform_batch(np.stack([p for p, _, _ in samples]), out=data)
+        else:
+            for i, (pixels, _, where) in enumerate(samples):
+                self.transformer(pixels, None if draws is None else draws[i], out=data[i], where=where)
         return data, labels
 
 

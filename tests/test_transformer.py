@@ -171,3 +171,33 @@ def test_missing_mean_file_and_both_force_flags():
         DataTransformer(tparam(mean_file="no/such/mean.binaryproto"), caffe.TEST)
     with pytest.raises(CaffeError, match="both force_color and force_gray"):
         DataTransformer(tparam(force_color=True, force_gray=True), caffe.TEST)
+
+
+@pytest.mark.parametrize("fields,phase", [
+    ({"scale": 0.00390625}, caffe.TRAIN),
+    ({"mean_file": "MEAN", "scale": 0.017}, caffe.TRAIN),
+    ({"mean_file": "MEAN", "crop_size": 4}, caffe.TEST),
+    ({"mean_value": [104.0, 117.0, 123.0]}, caffe.TEST),
+    ({"mean_value": [127.5], "scale": 0.5}, caffe.TRAIN),
+], ids=["scale", "mean-file", "test-crop", "mean-values", "one-mean-value"])
+def test_a_batch_at_once_gives_the_bits_of_each_sample_alone(mean, fields, phase):
+    """The Data layer's batch path (no random draws) against the per-sample transform and Caffe's loop."""
+    values, path = mean
+    fields = {k: (path if v == "MEAN" else v) for k, v in fields.items()}
+    t = DataTransformer(tparam(**fields), phase)
+    batch = np.random.default_rng(5).integers(0, 256, (4, 3, 7, 9), dtype=np.uint8)
+    out = np.empty((4,) + t.output_shape(batch.shape[1:]), np.float32)
+    t.transform_batch(batch, out=out)
+    crop = fields.get("crop_size", 0)
+    for i, image in enumerate(batch):
+        np.testing.assert_array_equal(out[i], t(image))
+        want = reference(image, scale=fields.get("scale", 1.0), crop=crop,
+                         mean=values if "mean_file" in fields else None, mean_values=fields.get("mean_value"),
+                         h_off=(7 - crop) // 2 if crop else 0, w_off=(9 - crop) // 2 if crop else 0)
+        np.testing.assert_array_equal(out[i], want)
+
+
+def test_a_batch_at_once_is_refused_when_samples_draw():
+    t = DataTransformer(tparam(mirror=True), caffe.TEST)
+    with pytest.raises(ValueError, match="per sample"):
+        t.transform_batch(np.zeros((2, 1, 3, 3), np.uint8), out=np.empty((2, 1, 3, 3), np.float32))
