@@ -231,11 +231,13 @@ class LRN(Layer):
         lp = self.param.lrn_param
         n = lp.local_size
         half = (n - 1) // 2
-        if lp.norm_region == _LRN.ACROSS_CHANNELS and torch.compiler.is_compiling():
+        if (lp.norm_region == _LRN.ACROSS_CHANNELS and torch.compiler.is_compiling()
+                and not torch.compiler.is_exporting()):
             # torch's LRN computes Caffe's formula (alpha over the window's mean).  Eagerly it is several times
             # slower than the code below, but Inductor lowers its backward best: with the window sums below,
             # it ordered GoogLeNet's LRN backward loops channel-innermost against the neighbours' NCHW
-            # buffers, 1.8x (NHWC view) or 1.5x (NCHW) the time of this op's.
+            # buffers, 1.8x (NHWC view) or 1.5x (NCHW) the time of this op's.  Exports keep the window sums:
+            # plain Pad, Slice and Add nodes that every ONNX reader runs (torch's is a 3-D AveragePool).
             return F.local_response_norm(x, n, lp.alpha, lp.beta, lp.k)
         # Channels_last: the channel window runs along the contiguous last axis of the NHWC view (the NCHW
         # formula strides across memory there, 1.7x slower).
