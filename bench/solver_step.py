@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from google.protobuf import text_format
 
 from bench import handwritten, timing
+from caffelike.core import layout
 
 BODY = """
 name: "LeNet"
@@ -60,6 +61,8 @@ def run(batch: int = 64, repeat: int = 50, warmup: int = 5, device: str = "cpu")
     net.blobs["label"].set_tensor(labels.float())
 
     hand = handwritten.load_from(_LeNetLogits(), net).train().to(device)
+    if layout.channels_last_enabled(device):  # caffelike's activations are channels_last: the same for torch's
+        hand = hand.to(memory_format=torch.channels_last)
     # Caffe's multipliers: biases learn at twice the rate and, as in zoo/lenet, decay like the weights.
     groups = [{"params": [m.weight for m in (hand.conv1, hand.conv2, hand.ip1, hand.ip2)]},
               {"params": [m.bias for m in (hand.conv1, hand.conv2, hand.ip1, hand.ip2)], "lr": 0.02}]
