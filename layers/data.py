@@ -22,7 +22,7 @@ from caffelike.data import build_pool, decoded_cache
 from caffelike.data.build_pool import BuildPool
 from caffelike.data.decoded_cache import DecodedCache
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum, read_image
-from caffelike.data.prefetch import Prefetcher
+from caffelike.data.prefetch import Prefetcher, default_workers
 from caffelike.data.transformer import DataTransformer, caffe_rng_rand, new_generator
 
 log = logging.getLogger("caffelike")
@@ -148,7 +148,10 @@ class _Prefetching(_Source):
             processes = build_pool.processes_for(self.phase == caffe_pb2.TRAIN, depth, self._item_size,
                                                  self._device_anchor.device.type == "cpu")
             if processes and depth:
-                self._pool = BuildPool(self._builder, processes, self.where)
+                # A batch's bytes are at most batch x (pixels of the first record + its label), float32.
+                slot_bytes = self.batch_size * (self._item_size + 1) * 4 if self._item_size else None
+                self._pool = BuildPool(self._builder, processes, self.where, slot_bytes=slot_bytes,
+                                       slots=default_workers(depth, self._item_size))
             self._prefetcher = Prefetcher(self._plan, self._build, depth=depth, name=self.layer_name or self.type,
                                           item_size=self._item_size)
         return self._prefetcher

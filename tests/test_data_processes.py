@@ -44,6 +44,8 @@ def test_process_built_batches_equal_synchronous_ones_with_random_transforms(tmp
         runs.append([forward(net) for _ in range(6)])
         pool = layer_of(net)._pool
         assert (pool is not None and pool.processes == n) if n else pool is None
+        if n and build_pool._can_fork():
+            assert pool._slots is not None  # the batches came back through shared memory
         layer_of(net).close()
     for (a, la), (b, lb) in zip(*runs):
         np.testing.assert_array_equal(a, b)
@@ -194,3 +196,51 @@ def test_window_data_batches_are_the_same_in_a_process(scene, processes, cache):
     for (a, la), (b, lb) in zip(*runs):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(la, lb)
+
+
+class _Sized:
+    """A builder whose batch is (job-valued array of `shape`, labels): picklable for the pool's workers."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __call__(self, job):
+        return np.full(self.shape, job, np.float32), np.arange(self.shape[0], dtype=np.float32) + job
+
+
+@pytest.mark.skipif(not build_pool._can_fork(), reason="slots need forked workers")
+def test_batches_come_back_through_shared_slots_or_the_pipe_when_too_large():
+    shape = (4, 3, 5, 5)
+    pool = build_pool.BuildPool(_Sized(shape), 1, "layer", slot_bytes=4 * (300 + 4), slots=1)
+    assert pool._slots is not None
+    data, labels = pool.run(7)
+    np.testing.assert_array_equal(data, np.full(shape, 7, np.float32))
+    np.testing.assert_array_equal(labels, np.arange(4) + 7)
+    assert data.flags.owndata or data.base.flags.owndata  # a copy: the slot is written again by the next batch
+    small = build_pool.BuildPool(_Sized(shape), 1, "layer", slot_bytes=64, slots=1)  # too small: the pipe
+    np.testing.assert_array_equal(small.run(2)[0], np.full(shape, 2, np.float32))
+    pool.close()
+    small.close()
+
+
+@pytest.mark.skipif(not build_pool._can_fork(), reason="slots need forked workers")
+def test_more_threads_than_slots_wait_for_one_and_get_their_own_batch():
+    import threading
+    pool = build_pool.BuildPool(_Sized((8, 100)), 2, "layer", slot_bytes=4 * 900, slots=1)
+    got, errors = {}, []
+
+    def ask(job):
+        try:
+            for _ in range(5):
+                data, labels = pool.run(job)
+                assert (data == job).all() and labels[0] == job
+            got[job] = True
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=ask, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    pool.close()
+    assert not errors and sorted(got) == [0, 1, 2, 3]
