@@ -5,13 +5,15 @@ worker threads (prefetch: 4), which hand the building to worker processes by def
 
     python bench/data_pipeline.py [--batches 100] [--batch-size 64] [--workers N]
 
-Prints images/s for each mode, the per-image cost of each stage (Datum parse, PNG decode, transform), and the
+Prints images/s for each mode, the per-image cost of each stage (Datum parse, PNG decode, transform), what a
+batch's trip back from a worker process costs the training process (shared memory against the pipe), and the
 images/s that LeNet training on the same LMDB consumes (SGD, batch 64, CPU), measured in the same run: the
 pipeline keeps up when it produces faster than training consumes.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import time
 
@@ -21,7 +23,7 @@ from caffelike.proto import caffe_pb2
 from google.protobuf import text_format
 
 import caffelike as caffe
-from caffelike.data import build_pool, prefetch
+from caffelike.data import build_pool, decoded_cache, prefetch
 from caffelike.data.datum import DatumDB, datum_pixels, parse_datum
 from caffelike.data.transformer import DataTransformer
 
@@ -77,8 +79,6 @@ def stage_costs(n: int = 2000) -> dict[str, float]:
 
 def training_images_per_second(iterations: int = 40) -> float:
     """Images/s consumed by `caffe train`-style LeNet training (the sgd_step trace's net and solver)."""
-    import os
-
     from caffelike.format.prototxt import read_solver
     from caffelike.train.solver import Solver
 
@@ -100,6 +100,33 @@ def training_images_per_second(iterations: int = 40) -> float:
     return iterations * 64 / elapsed
 
 
+class _Constant:
+    """A worker-process builder that only returns a batch of `shape` (and its labels): what a batch's trip back
+    costs, without the building."""
+
+    def __init__(self, shape):
+        self.batch = np.ones(shape, np.float32), np.zeros(shape[0], np.float32)
+
+    def __call__(self, job):
+        return self.batch
+
+
+def return_trip_cpu_us(shape, through_slots: bool, batches: int = 300) -> float:
+    """CPU time of the training process (all its threads) per batch of `shape` handed back by a worker process,
+    through a shared-memory slot or pickled through the pipe."""
+    slot_bytes = (int(np.prod(shape)) + shape[0]) * 4 if through_slots else None
+    pool = build_pool.BuildPool(_Constant(shape), 1, "bench", slot_bytes=slot_bytes)
+    try:
+        for _ in range(20):
+            pool.run(None)
+        start = time.process_time()
+        for _ in range(batches):
+            pool.run(None)
+        return (time.process_time() - start) / batches * 1e6
+    finally:
+        pool.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=100)
@@ -109,6 +136,9 @@ def main() -> None:
     args = ap.parse_args()
     prefetch.WORKERS = args.workers
     torch.set_num_threads(1)
+    # Every record decoded, as in a first epoch: the fixture LMDB's 1,000 records would otherwise be served
+    # from the decoded-image cache after the first pass (caffelike.data.decoded_cache).
+    os.environ[decoded_cache.ENV] = "0"
     costs = stage_costs()
     print(f"per image: parse {costs['parse']:.1f} us, PNG decode {costs['decode']:.1f} us, "
           f"transform {costs['transform']:.1f} us")
@@ -118,6 +148,10 @@ def main() -> None:
     processes = build_pool.processes_for(True, 4, 28 * 28)
     print(f"prefetched  (prefetch: 4, {prefetch.default_workers(4, 28 * 28)} worker threads driving {processes} "
           f"worker processes): {ahead:10.0f} images/s ({ahead / sync:.2f}x)")
+    for name, shape in (("LeNet b64", (64, 1, 28, 28)), ("CIFAR-10 b100", (100, 3, 32, 32))):
+        pipe, slot = (return_trip_cpu_us(shape, through) for through in (False, True))
+        print(f"a {name} batch back from a worker process costs the training process {slot:.0f} us of CPU "
+              f"through shared memory, {pipe:.0f} us pickled through the pipe")
     consumed = training_images_per_second()
     print(f"LeNet training consumes:   {consumed:10.0f} images/s -> the prefetched pipeline runs at "
           f"{ahead / consumed:.1f}x what training needs")

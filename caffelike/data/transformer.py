@@ -158,7 +158,7 @@ class DataTransformer:
         the GIL (per-sample calls hold it for microseconds each, which the training thread waits out)."""
         if self.random:
             raise ValueError("transform_batch needs a transformer without random draws; call it per sample")
-        n, c, h, w = pixels.shape
+        _, c, h, w = pixels.shape
         _, h_off, w_off = self._choose(h, w, None)
         _, oh, ow = self.output_shape((c, h, w))
         window = (slice(h_off, h_off + oh), slice(w_off, w_off + ow))
