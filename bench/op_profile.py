@@ -1,8 +1,8 @@
 """Where caffelike's time goes against the hand-written net: torch.profiler's self CPU time per aten op (or per
 compiled kernel), both sides on the same input and weights, sorted by the difference.
 
-    python bench/op_profile.py cifar10_quick [--batch 100] [--pass forward|fwd+bwd] [--compiled] [--iters 5]
-                               [--threads N]
+    python bench/op_profile.py cifar10_quick [--batch 100] [--pass forward|fwd+bwd] [--compiled [--kernels]]
+                               [--iters 5] [--threads N]
 
 An op only caffelike runs (aten::constant_pad_nd, aten::where, ...) points at a layer's implementation; a
 difference in the total that no op explains is Python overhead between ops (see the cProfile hint printed at
@@ -47,7 +47,13 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier numbers)")
     ap.add_argument("--top", type=int, default=20, help="rows to print")
+    ap.add_argument("--kernels", action="store_true",
+                    help="with --compiled: one row per Inductor-generated kernel instead of one per compiled graph "
+                         "(how GoogLeNet's slow LRN backward was found; the kernel names list the fused ops)")
     args = ap.parse_args(argv)
+    if args.kernels:
+        import torch._inductor.config
+        torch._inductor.config.cpp.enable_kernel_profile = True  # before anything is compiled
     torch.set_num_threads(args.threads)
     spec = zoo_nets.NETS[args.net]
     batch = args.batch or spec.batch
@@ -70,7 +76,7 @@ def main(argv=None) -> None:
     print(f"{'op':<58}{'caffelike ms':>13}{'calls':>7}{'torch ms':>10}{'calls':>7}{'diff ms':>9}")
     for key in sorted(set(c_ms) | set(t_ms), key=lambda k: -abs(c_ms[k] - t_ms[k]))[:args.top]:
         print(f"{key[:58]:<58}{c_ms[key]:>13.3f}{c_n[key]:>7.0f}{t_ms[key]:>10.3f}{t_n[key]:>7.0f}"
-              f"{c_ms[key] - t_ms[key]:>9.3f}")
+              f"{c_ms[key] - t_ms[key]:>9.3f}" + (f"\n    {key}" if args.kernels and len(key) > 58 else ""))
     print("Python overhead between ops does not show here: compare the wall-clock ratio of bench/run.py with these "
           "totals, and use `python -m cProfile -s tottime` on a batch-1 loop to see it.")
 
