@@ -281,7 +281,9 @@ BAD = [
     ({"folder_train_min_per_class": "0"}, "folder_train_min_per_class"),
     ({"folder_train_min_per_class": "5", "folder_train_max_per_class": "3"}, "folder_train_max_per_class"),
     ({"seed": "-4"}, "seed"),
-    ({"has_val_folder": "true"}, "has_val_folder"),
+    ({"has_val_folder": "true"}, "folder_val"),
+    ({"has_test_folder": "true", "folder_test": "/no/such/folder"}, "folder_test"),
+    ({"has_val_folder": "true", "method": "bundled"}, "has_val_folder"),
     ({"method": "upload"}, "archive"),
 ]
 
@@ -479,3 +481,17 @@ def test_save_upload(tmp_path):
     with pytest.raises(UploadError):
         save_upload(FakeUpload(b"x", "a.py"), str(tmp_path), "planted.py", max_bytes=100)
     assert uploads.check_filename("C:\\Users\\me\\layer.py", (".py",)) == "layer.py"
+
+
+def test_separate_validation_and_test_folders_become_the_command_flags(tmp_path):
+    """DIGITS' has_val_folder/folder_val and has_test_folder/folder_test: the percentages are then not read."""
+    from caffelike.web import dataset_form
+    train, val, test = (make_class_folders(tmp_path / name) for name in ("train", "val", "test"))
+    spec, _, errors = dataset_form.read_form({"dataset_name": "pets", "folder_train": train, "has_val_folder": "on",
+                                              "folder_val": val, "folder_pct_val": "30", "has_test_folder": "true",
+                                              "folder_test": test}, {})
+    assert not errors
+    argv = dataset_form.command(spec, spec["folder"])
+    assert argv[argv.index("--val-folder") + 1] == os.path.realpath(val)
+    assert argv[argv.index("--test-folder") + 1] == os.path.realpath(test)
+    assert argv[argv.index("--val-percent") + 1] == "0" and argv[argv.index("--test-percent") + 1] == "0"

@@ -55,10 +55,13 @@ def add_arguments(p) -> None:
                                                                "generic label file, the first image's size)")
     c.add_argument("--resize-mode", choices=("squash", "crop", "fill", "half_crop"), default="squash",
                    help="how images of another shape are fitted (default squash)")
-    c.add_argument("--val-percent", type=percent, default=25, metavar="PCT",
-                   help="%% of each class for validation (default 25)")
+    c.add_argument("--val-percent", type=percent, default=None, metavar="PCT",
+                   help="%% of each class for validation (default 25; 0 with --val-folder)")
     c.add_argument("--test-percent", type=percent, default=0, metavar="PCT",
                    help="%% of each class for a test_db (default 0)")
+    c.add_argument("--val-folder", metavar="DIR", help="DIGITS' separate validation images folder: class "
+                   "sub-folders named as the training classes; every image goes to val_db")
+    c.add_argument("--test-folder", metavar="DIR", help="a separate test images folder, the same way, for test_db")
     c.add_argument("--encoding", choices=("png", "jpg", "none"), default="png",
                    help="how images are stored in the Datums (default png)")
     c.add_argument("--seed", type=int, default=0, help="seed of the shuffles (DIGITS' are unseeded)")
@@ -144,6 +147,12 @@ def run(args) -> int:
     from caffelike.digits.dataset import create_dataset
 
     if args.generic:
+        separate = [f for f, v in (("--val-folder", args.val_folder), ("--test-folder", args.test_folder)) if v]
+        if separate:
+            raise DatasetError(f"{', '.join(separate)} go with a classification dataset; a generic dataset's "
+                               "validation set is --val-inputs or --val-labels")
+        if args.val_percent is None:
+            args.val_percent = 25
         return run_generic(args)
     stray = [f for f, v in (("--inputs", args.inputs), ("--val-inputs", args.val_inputs),
                             ("--val-labels", args.val_labels)) if v]
@@ -155,7 +164,8 @@ def run(args) -> int:
             resize_mode=args.resize_mode,
             val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
             min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
-            overwrite=args.overwrite, progress=bar.advance_to)
+            overwrite=args.overwrite, progress=bar.advance_to, val_folder=args.val_folder,
+            test_folder=args.test_folder)
     counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
     print(f"{summary['path']}: {counts} images in {len(summary['labels'])} classes, "
           f"{summary['height']}x{summary['width']} {summary['image_type']}")

@@ -216,9 +216,10 @@ def mean_blob(mean: np.ndarray) -> caffe_pb2.BlobProto:
 
 # ---------------------------------------------------------------------------------------------- the dataset
 def create_dataset(out: str, source="bundled", *, image_type: str | None = None, size=(28, 28),
-                   resize_mode: str = "squash", val_percent: float = 25, test_percent: float = 0,
+                   resize_mode: str = "squash", val_percent: float | None = None, test_percent: float = 0,
                    encoding: str = "png", seed: int = 0, min_per_class: int = 2, max_per_class: int | None = None,
-                   invert: bool | None = None, overwrite: bool = False, progress=None) -> dict:
+                   invert: bool | None = None, overwrite: bool = False, progress=None,
+                   val_folder: str | None = None, test_folder: str | None = None) -> dict:
     """Build a DIGITS image-classification dataset folder at `out` and return its summary (also saved as
     `dataset.json`): labels.txt, train.txt, val.txt, train_db/, val_db/ (and test.txt, test_db/ with a test
     percentage), mean.binaryproto, mean.jpg.
@@ -231,8 +232,19 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     invert: store 255 - pixel; by default True for MNIST sources (DIGITS' downloader does it), False for folders.
     overwrite: replace an existing dataset at `out` (only once the new one is complete).
     progress: called as progress(images_written, total) after each image (a progress bar, a web page's job).
+    val_folder, test_folder: DIGITS' "separate validation / test images folder": every image of that folder's
+        class sub-folders goes to val_db / test_db, labelled by class name with the training classes (a class
+        the training set lacks is an error); the matching percentage must then be 0 or unset.
+        val_percent defaults to 25, or 0 with a val_folder.
     """
     src = _as_source(source)
+    if val_percent is None:
+        val_percent = 0 if val_folder else 25
+    folders = {split: folder for split, folder in (("val", val_folder), ("test", test_folder)) if folder}
+    for split, percent in (("val", val_percent), ("test", test_percent)):
+        if split in folders and percent:
+            raise DatasetError(f"a separate {split} folder and a {split} percentage ({percent}%) exclude each "
+                               f"other: the {split} images come from {folders[split]!r}")
     height, width = parse_size(size)
     if image_type is None:
         channels = src.default_channels
@@ -257,8 +269,9 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     # parse_folder: labels and per-class splits
     rng = random.Random(seed)
     percents = {"train": 100 - val_percent - test_percent, "val": val_percent, "test": test_percent}
-    splits = [name for name in ("train", "val", "test") if percents[name] > 0]
-    need = max(int(min_per_class), len(splits))
+    drawn = [name for name in ("train", "val", "test") if percents[name] > 0]  # the splits cut from `source`
+    splits = [name for name in ("train", "val", "test") if name in drawn or name in folders]
+    need = max(int(min_per_class), len(drawn))
     labels, lists, per_class, skipped = [], {s: [] for s in splits}, {}, []
     for name, items in src.categories(max_per_class):
         if len(items) < need:
@@ -280,6 +293,10 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     if len(labels) < 2:
         raise DatasetError(f"{_where(src)}: {len(labels)} class(es) with at least {need} images; a classification "
                            "dataset needs two (lower --min-per-class or add images)")
+    sources = {split: src for split in drawn}
+    for split, folder in folders.items():
+        sources[split] = _separate_split(FolderSource(folder), split, labels, skipped, max_per_class,
+                                         lists[split], per_class)
     total = sum(len(v) for v in lists.values())
     log.info("Found %d images in %d categories.", total, len(labels))
     for split in splits:
@@ -297,6 +314,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
         "seed": seed, "min_per_class": int(min_per_class), "max_per_class": max_per_class, "inverted": invert,
         "labels": labels, "counts": {s: len(lists[s]) for s in splits},
         "per_class": per_class, "skipped_classes": skipped,
+        **({"separate_folders": {split: os.path.abspath(f) for split, f in folders.items()}} if folders else {}),
         "files": {"labels": "labels.txt", "mean": "mean.binaryproto", "mean_image": "mean.jpg",
                   **{f"{s}_list": f"{s}.txt" for s in splits}, **{f"{s}_db": f"{s}_db" for s in splits}},
     }
@@ -317,7 +335,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
         for split in splits:  # create_db: each list shuffled, then stored; the mean from train only
             entries = list(lists[split])
             rng.shuffle(entries)
-            image_sum = _write_db(os.path.join(tmp, f"{split}_db"), entries, src, encoding,
+            image_sum = _write_db(os.path.join(tmp, f"{split}_db"), entries, sources[split], encoding,
                                   compute_mean=split == "train", **shape)
             if split == "train":
                 mean = np.around(image_sum / len(entries)).astype(np.uint8)
@@ -326,6 +344,25 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
         _write_text(os.path.join(tmp, "dataset.json"), json.dumps(summary, indent=2) + "\n")
     log.info("Dataset written to %s", out)
     return dict(summary, path=out)
+
+
+def _separate_split(folder: FolderSource, split: str, labels: list[str], skipped: list[str], max_per_class,
+                    entries: list, per_class: dict) -> FolderSource:
+    """Add every image of a separate val/test folder to `entries`, labelled by class name as the training
+    set is; returns the folder (the source its images are read from)."""
+    for name, items in folder.categories(max_per_class):
+        if not items:
+            continue
+        if name not in labels:
+            why = " (left out of training: too few images)" if name in skipped else ""
+            raise DatasetError(f"{split} folder {folder.folder!r}: class {name!r}{why} is not one of the training "
+                               f"classes ({', '.join(repr(n) for n in labels)}); its images would have no label")
+        label = labels.index(name)
+        entries.extend((item, item, label) for item in items)
+        per_class[name][split] = len(items)
+    if not entries:
+        raise DatasetError(f"{split} folder {folder.folder!r} holds no images of the training classes")
+    return folder
 
 
 def _where(src: Source) -> str:

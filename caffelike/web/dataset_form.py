@@ -3,7 +3,8 @@ classification/forms.py), and the `caffelike dataset create` command it becomes.
 
 Sources (`method`): `folder` (DIGITS': `folder_train`, a folder of class sub-folders on the server), `upload` (ours:
 an `archive` zip/tar of such folders, unpacked into the job folder) and `bundled` (ours: caffelike's 5,000 MNIST
-digits).  DIGITS' `textfile` method, separate validation/test folders, URLs and the HDF5/TFRecords backends are
+digits).  With `folder`, DIGITS' separate validation and test folders (`has_val_folder` + `folder_val`,
+`has_test_folder` + `folder_test`).  DIGITS' `textfile` method, URLs and the HDF5/TFRecords backends are
 refused with a message beside their field.  Image size and type default to DIGITS' (256x256 colour) for folders and
 uploads, and to MNIST's (28x28 grayscale) for the bundled digits, when the fields are left empty.
 """
@@ -19,6 +20,7 @@ METHODS = ("folder", "upload", "bundled")
 MAX_SIDE = 4096  # a larger mean image (float64 sums) would take gigabytes of the job's memory
 # Every field the form keeps (what a clone pre-fills); the archive itself cannot be kept.
 FIELDS = ("dataset_name", "group_name", "method", "folder_train", "folder_pct_val", "folder_pct_test",
+          "has_val_folder", "folder_val", "has_test_folder", "folder_test",
           "folder_train_min_per_class", "folder_train_max_per_class", "resize_channels", "resize_width",
           "resize_height", "resize_mode", "encoding", "backend", "compression", "seed")
 ALIASES = {"max_per_class": "folder_train_max_per_class", "min_per_class": "folder_train_min_per_class"}
@@ -66,13 +68,18 @@ def read_form(values, files) -> tuple[dict, dict, dict]:
             form.error("archive", f"{os.path.basename(archive.filename)!r} is not an archive; give one of "
                                   f"{', '.join(ARCHIVE_EXTENSIONS)}")
         spec["archive"] = archive
-    for flag, what in (("has_val_folder", "validation"), ("has_test_folder", "test")):
+    separate = {}  # DIGITS' "separate validation/test images folder": its percentage is then not read
+    for flag, field, split, what in (("has_val_folder", "folder_val", "val", "validation"),
+                                     ("has_test_folder", "folder_test", "test", "test")):
         if Form(values).flag(flag):
-            form.error(flag, f"a separate {what} folder is not supported: set folder_pct_"
-                             f"{'val' if what == 'validation' else 'test'} to split it from the training images")
+            if method != "folder":
+                form.error(flag, f"a separate {what} folder goes with the folder method (folders on the server)")
+            else:
+                separate[split] = _server_folder(form, field)
+    spec["val_folder"], spec["test_folder"] = separate.get("val"), separate.get("test")
 
-    val = form.number("folder_pct_val", 25, minimum=0, maximum=100)
-    test = form.number("folder_pct_test", 0, minimum=0, maximum=100)
+    val = 0 if "val" in separate else form.number("folder_pct_val", 25, minimum=0, maximum=100)
+    test = 0 if "test" in separate else form.number("folder_pct_test", 0, minimum=0, maximum=100)
     if val is not None and test is not None and val + test >= 100 and not {"folder_pct_val",
                                                                            "folder_pct_test"} & set(form.errors):
         form.error("folder_pct_val", f"folder_pct_val ({_num(val)}) + folder_pct_test ({_num(test)}) must be "
@@ -162,6 +169,9 @@ def command(spec: dict, folder: str | None) -> list[str]:
              "--min-per-class", str(spec["min_per_class"])]
     if spec["max_per_class"] is not None:
         argv += ["--max-per-class", str(spec["max_per_class"])]
+    for split in ("val", "test"):
+        if spec.get(f"{split}_folder"):
+            argv += [f"--{split}-folder", spec[f"{split}_folder"]]
     return argv + ["--out", "dataset"]
 
 
