@@ -53,7 +53,7 @@ def test_a_class_the_training_set_lacks_is_an_error_that_names_it(tmp_path):
 
 def test_a_folder_and_a_percentage_for_the_same_split_are_refused(tmp_path):
     train = colour_folder(tmp_path / "train")
-    with pytest.raises(DatasetError, match="separate val folder and a val percentage"):
+    with pytest.raises(DatasetError, match="separate val set and a val percentage"):
         dd.create_dataset(tmp_path / "ds", dd.FolderSource(train), val_percent=10, val_folder=tmp_path / "v")
 
 
@@ -67,3 +67,54 @@ def test_cli_val_folder(tmp_path, capsys):
     assert main(["dataset", "create", "--out", str(tmp_path / "g"), "--generic", "--labels", "x.txt",
                  "--val-folder", str(val)]) == 1
     assert "go with a classification dataset" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ DIGITS' text-file method
+def list_files(tmp_path):
+    """A labels file of three classes (the middle one without images) and train/val lists, relative paths."""
+    images = tmp_path / "images"
+    rng = np.random.RandomState(2)
+    for name in ("a0", "a1", "a2", "c0", "c1", "v0", "v1"):
+        save_png(images / f"{name}.png", rng.randint(0, 256, (6, 6, 3)))
+    (tmp_path / "labels.txt").write_text("ant\nbee\ncow\n")
+    (tmp_path / "train.txt").write_text("images/a0.png 0\nimages/a1.png 0\n\nimages/a2.png 0\nimages/c0.png 2\n"
+                                        "images/c1.png 2\n")
+    (tmp_path / "val.txt").write_text("images/v0.png 0\nimages/v1.png 2\n")
+    return tmp_path
+
+
+def test_text_file_lists_keep_the_labels_file_indexes(tmp_path):
+    from caffelike.digits.list_source import ListSource
+    root = list_files(tmp_path)
+    train = ListSource(root / "train.txt", root / "labels.txt")
+    val = ListSource(root / "val.txt", train.labels)
+    summary = dd.create_dataset(tmp_path / "ds", train, size="6x6", val_folder=val)
+    assert summary["labels"] == ["ant", "bee", "cow"]  # 'bee' has no images and keeps index 1
+    assert summary["counts"] == {"train": 5, "val": 2} and summary["val_percent"] == 0
+    assert sorted(d.label for _, d in read_db(tmp_path / "ds" / "train_db")) == [0, 0, 0, 2, 2]
+    assert sorted(d.label for _, d in read_db(tmp_path / "ds" / "val_db")) == [0, 2]
+    assert (tmp_path / "ds" / "labels.txt").read_text() == "ant\nbee\ncow\n"
+
+
+@pytest.mark.parametrize("line,words", [("images/a0.png", "expected 'image-path label'"),
+                                        ("images/a0.png x", "not a whole number"),
+                                        ("images/a0.png 3", "outside the labels file's 3 classes"),
+                                        ("images/none.png 0", "not found")])
+def test_a_bad_list_line_is_named_by_file_and_line(tmp_path, line, words):
+    from caffelike.digits.list_source import ListSource
+    root = list_files(tmp_path)
+    (root / "bad.txt").write_text(f"images/a1.png 0\n{line}\n")
+    with pytest.raises(DatasetError, match=rf"bad\.txt:2: .*{words}"):
+        dd.create_dataset(tmp_path / "ds", ListSource(root / "bad.txt", root / "labels.txt"), size="6x6")
+
+
+def test_cli_text_file_method(tmp_path, capsys):
+    root = list_files(tmp_path)
+    out = tmp_path / "ds"
+    assert main(["dataset", "create", "--out", str(out), "--train-list", str(root / "train.txt"), "--labels-file",
+                 str(root / "labels.txt"), "--val-list", str(root / "val.txt"), "--size", "6x6"]) == 0
+    assert "5 train, 2 val" in capsys.readouterr().out
+    assert main(["dataset", "create", "--out", str(tmp_path / "x"), "--train-list", str(root / "train.txt")]) == 1
+    assert "--labels-file" in capsys.readouterr().err
+    assert main(["dataset", "create", "--out", str(tmp_path / "y"), "--val-list", str(root / "val.txt")]) == 1
+    assert "go with --train-list" in capsys.readouterr().err

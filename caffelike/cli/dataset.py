@@ -33,6 +33,14 @@ def add_arguments(p) -> None:
                                                            "LeCun's or DIGITS' names)")
     source.add_argument("--images", metavar="FILE", help="an IDX image file (with --labels)")
     source.add_argument("--bundled", action="store_true", help="caffelike's 5,000 MNIST digits (the default)")
+    source.add_argument("--train-list", metavar="FILE", help="DIGITS' text-file method: lines 'image-path label' "
+                                                             "(label: a line of --labels-file, from 0)")
+    c.add_argument("--labels-file", metavar="FILE", help="with --train-list: the class names, one per line")
+    c.add_argument("--list-root", metavar="DIR", help="with --train-list: where the lists' relative paths start "
+                                                      "(default: each list file's folder)")
+    c.add_argument("--val-list", metavar="FILE", help="with --train-list: the validation images, listed the same "
+                                                      "way")
+    c.add_argument("--test-list", metavar="FILE", help="with --train-list: the test images, listed the same way")
     c.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images; with --generic "
                                                     "and --inputs a .npy/.npz of N x K label vectors; with --generic "
                                                     "alone a label file: lines 'image-path v1 v2 ...' (or a .csv: "
@@ -90,6 +98,15 @@ def source_of(args):
         raise DatasetError("--labels goes with --images (an IDX image file)")
     if args.mnist_part and not args.mnist_idx:
         raise DatasetError("--mnist-part goes with --mnist-idx")
+    if args.train_list:
+        from caffelike.digits.list_source import ListSource
+        if not args.labels_file:
+            raise DatasetError("--train-list needs --labels-file (the class names, one per line)")
+        return ListSource(args.train_list, args.labels_file, args.list_root)
+    stray = [f for f, v in (("--labels-file", args.labels_file), ("--list-root", args.list_root),
+                            ("--val-list", args.val_list), ("--test-list", args.test_list)) if v]
+    if stray:
+        raise DatasetError(f"{', '.join(stray)} go with --train-list (DIGITS' text-file method)")
     if args.folder:
         return dd.FolderSource(args.folder)
     if args.mnist_idx:
@@ -158,14 +175,22 @@ def run(args) -> int:
                             ("--val-labels", args.val_labels)) if v]
     if stray:
         raise DatasetError(f"{', '.join(stray)} go with --generic")
+    source = source_of(args)
+    val_set, test_set = args.val_folder, args.test_folder
+    if args.train_list:
+        from caffelike.digits.list_source import ListSource
+        for flag, given in (("--val-folder", args.val_folder), ("--test-folder", args.test_folder)):
+            if given:
+                raise DatasetError(f"{flag} goes with --folder; with --train-list give --{flag[2:6]}-list")
+        val_set = ListSource(args.val_list, source.labels, args.list_root) if args.val_list else None
+        test_set = ListSource(args.test_list, source.labels, args.list_root) if args.test_list else None
     with ProgressBar("Creating dataset", unit="img") as bar:
         summary = create_dataset(
-            args.out, source_of(args), image_type=args.image_type, size=args.size or "28x28",
+            args.out, source, image_type=args.image_type, size=args.size or "28x28",
             resize_mode=args.resize_mode,
             val_percent=args.val_percent, test_percent=args.test_percent, encoding=args.encoding, seed=args.seed,
             min_per_class=args.min_per_class, max_per_class=args.max_per_class, invert=args.invert,
-            overwrite=args.overwrite, progress=bar.advance_to, val_folder=args.val_folder,
-            test_folder=args.test_folder)
+            overwrite=args.overwrite, progress=bar.advance_to, val_folder=val_set, test_folder=test_set)
     counts = ", ".join(f"{n} {split}" for split, n in summary["counts"].items())
     print(f"{summary['path']}: {counts} images in {len(summary['labels'])} classes, "
           f"{summary['height']}x{summary['width']} {summary['image_type']}")

@@ -225,26 +225,28 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     percentage), mean.binaryproto, mean.jpg.
 
     source: 'bundled' (caffelike's 5,000 digits) or a Source: FolderSource(path), mnist_idx_source(folder),
-        idx_source(images, labels), ArraySource(images, labels).
+        idx_source(images, labels), ArraySource(images, labels), or DIGITS' text-file method's
+        ListSource(list_file, labels_file, root) (caffelike.digits.list_source).
     image_type: 'grayscale' or 'color'; by default grayscale for MNIST sources, color for folders.
     size: (height, width) or 'HxW'.  resize_mode: squash, crop, fill or half_crop.
     encoding: 'png', 'jpg' or 'none' (raw pixels).
     invert: store 255 - pixel; by default True for MNIST sources (DIGITS' downloader does it), False for folders.
     overwrite: replace an existing dataset at `out` (only once the new one is complete).
     progress: called as progress(images_written, total) after each image (a progress bar, a web page's job).
-    val_folder, test_folder: DIGITS' "separate validation / test images folder": every image of that folder's
-        class sub-folders goes to val_db / test_db, labelled by class name with the training classes (a class
-        the training set lacks is an error); the matching percentage must then be 0 or unset.
-        val_percent defaults to 25, or 0 with a val_folder.
+    val_folder, test_folder: DIGITS' "separate validation / test images folder" (a path) or list (a
+        ListSource): every image of it goes to val_db / test_db, labelled by class name with the training
+        classes (a class the training set lacks is an error); the matching percentage must then be 0 or unset.
+        val_percent defaults to 25 (0 for a ListSource, or with a val_folder).
     """
     src = _as_source(source)
     if val_percent is None:
-        val_percent = 0 if val_folder else 25
-    folders = {split: folder for split, folder in (("val", val_folder), ("test", test_folder)) if folder}
+        val_percent = 0 if val_folder else src.default_val_percent
+    folders = {split: folder if isinstance(folder, Source) else FolderSource(folder)
+               for split, folder in (("val", val_folder), ("test", test_folder)) if folder}
     for split, percent in (("val", val_percent), ("test", test_percent)):
         if split in folders and percent:
-            raise DatasetError(f"a separate {split} folder and a {split} percentage ({percent}%) exclude each "
-                               f"other: the {split} images come from {folders[split]!r}")
+            raise DatasetError(f"a separate {split} set and a {split} percentage ({percent}%) exclude each "
+                               f"other: the {split} images come from {_where(folders[split])!r}")
     height, width = parse_size(size)
     if image_type is None:
         channels = src.default_channels
@@ -274,7 +276,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     need = max(int(min_per_class), len(drawn))
     labels, lists, per_class, skipped = [], {s: [] for s in splits}, {}, []
     for name, items in src.categories(max_per_class):
-        if len(items) < need:
+        if len(items) < need and not src.keeps_every_class:
             log.warning("Category %r has %d images, fewer than %d: left out", name, len(items), need)
             skipped.append(name)
             continue
@@ -295,8 +297,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
                            "dataset needs two (lower --min-per-class or add images)")
     sources = {split: src for split in drawn}
     for split, folder in folders.items():
-        sources[split] = _separate_split(FolderSource(folder), split, labels, skipped, max_per_class,
-                                         lists[split], per_class)
+        sources[split] = _separate_split(folder, split, labels, skipped, max_per_class, lists[split], per_class)
     total = sum(len(v) for v in lists.values())
     log.info("Found %d images in %d categories.", total, len(labels))
     for split in splits:
@@ -314,7 +315,7 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
         "seed": seed, "min_per_class": int(min_per_class), "max_per_class": max_per_class, "inverted": invert,
         "labels": labels, "counts": {s: len(lists[s]) for s in splits},
         "per_class": per_class, "skipped_classes": skipped,
-        **({"separate_folders": {split: os.path.abspath(f) for split, f in folders.items()}} if folders else {}),
+        **({"separate_folders": {split: _where(f) for split, f in folders.items()}} if folders else {}),
         "files": {"labels": "labels.txt", "mean": "mean.binaryproto", "mean_image": "mean.jpg",
                   **{f"{s}_list": f"{s}.txt" for s in splits}, **{f"{s}_db": f"{s}_db" for s in splits}},
     }
@@ -346,28 +347,28 @@ def create_dataset(out: str, source="bundled", *, image_type: str | None = None,
     return dict(summary, path=out)
 
 
-def _separate_split(folder: FolderSource, split: str, labels: list[str], skipped: list[str], max_per_class,
-                    entries: list, per_class: dict) -> FolderSource:
-    """Add every image of a separate val/test folder to `entries`, labelled by class name as the training
-    set is; returns the folder (the source its images are read from)."""
+def _separate_split(folder: Source, split: str, labels: list[str], skipped: list[str], max_per_class,
+                    entries: list, per_class: dict) -> Source:
+    """Add every image of a separate val/test folder (or list) to `entries`, labelled by class name as the
+    training set is; returns the source its images are read from."""
     for name, items in folder.categories(max_per_class):
         if not items:
             continue
         if name not in labels:
             why = " (left out of training: too few images)" if name in skipped else ""
-            raise DatasetError(f"{split} folder {folder.folder!r}: class {name!r}{why} is not one of the training "
+            raise DatasetError(f"{split} folder {_where(folder)!r}: class {name!r}{why} is not one of the training "
                                f"classes ({', '.join(repr(n) for n in labels)}); its images would have no label")
         label = labels.index(name)
         entries.extend((item, item, label) for item in items)
         per_class[name][split] = len(items)
     if not entries:
-        raise DatasetError(f"{split} folder {folder.folder!r} holds no images of the training classes")
+        raise DatasetError(f"{split} folder {_where(folder)!r} holds no images of the training classes")
     return folder
 
 
 def _where(src: Source) -> str:
     d = src.describe()
-    return d.get("folder") or d.get("images") or d.get("name") or src.kind
+    return d.get("folder") or d.get("list") or d.get("images") or d.get("name") or src.kind
 
 
 def _write_db(path, entries, src, encoding, *, compute_mean, channels, height, width, resize_mode, invert,

@@ -63,6 +63,8 @@ class Source:
     kind = "source"
     default_channels = 3
     default_invert = False
+    default_val_percent = 25  # when create_dataset is given none
+    keeps_every_class = False  # True: classes keep their index even with too few images (a labels file's)
 
     def categories(self, max_per_class: int | None) -> list[tuple[str, list]]:
         """(class name, items) in label order; items in listing order, at most `max_per_class` of them."""
