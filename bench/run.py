@@ -167,10 +167,10 @@ def section_training(args, results: dict) -> None:
     from caffelike.data import build_pool
 
     results["training"] = []
+    default = build_pool.processes_for(True, 4, None, computing_on_cpu=args.device == "cpu")
     for net in [n for n in args.nets if n in training.NETS]:
         default_iters = 200 if net == "lenet" else 60
         iters = args.train_iters or (20 if args.quick else default_iters)
-        default = build_pool.processes_for(True, 4, None, computing_on_cpu=args.device == "cpu")
         for processes in (1, 0):
             out = training.run(iters, warmup=2 if args.quick else 5, pipeline_batches=20 if args.quick else 50,
                                device=args.device, net=net, processes=processes)

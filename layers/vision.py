@@ -258,9 +258,8 @@ class LRN(Layer):
 
 def _channel_window_sum(squares: torch.Tensor, axis: int, n: int) -> torch.Tensor:
     """sum_{j=0}^{n-1} of the zero-padded `squares` shifted by j - (n-1)/2 along `axis`, as n - 1 additions of
-    shifted slices.  As fast as unfold(...).sum() eagerly, and compiled its backward is a sum of padded
-    gradients that Inductor fuses into one loop, where unfold's backward took GoogLeNet's two LRN layers 2.3x
-    as long as torch's own LRN."""
+    shifted slices: as fast as unfold(...).sum() eagerly, and exported as plain Pad, Slice and Add nodes
+    (unfold's backward, traced, was a scatter)."""
     half, size = (n - 1) // 2, squares.shape[axis]
     spec = [0, 0] * (squares.dim() - 1 - axis) + [half, half]
     padded = F.pad(squares, spec)

@@ -101,9 +101,9 @@ def _pack(memory, arrays):
 class _Slots:
     """Shared memory the workers write finished batches into: anonymous MAP_SHARED mappings made before the
     workers fork, so they inherit them.  A batch then crosses as one copy out of the slot instead of being
-    pickled through a pipe (which cost the training process's threads about 0.5 ms per LeNet batch and 1.8 ms
-    per CIFAR-10 one).  One slot per thread that may wait on the pool at a time; `take` blocks when all are
-    in use."""
+    pickled through a pipe (which cost the training process about 0.35 ms of CPU per LeNet batch and 1.3 ms
+    per CIFAR-10 one; `bench/data_pipeline.py` measures both ways).  One slot per thread that may wait on the
+    pool at a time; `take` blocks when all are in use."""
 
     def __init__(self, count: int, size: int):
         self.maps = [mmap.mmap(-1, size) for _ in range(count)]
@@ -124,9 +124,9 @@ def default_processes(training: bool, depth: int, item_size: int | None, computi
     (see `_context`), and none when the net computes on the CPU with torch threads on every core this process
     may use.  Training reads a batch every iteration, and the GIL contention the processes remove is paid on
     every one; a test net reads in bursts between which the threads cost nothing.  With every core computing,
-    a worker process has no core of its own to decode on, and each batch crossing the pipe costs the training
-    process more than the GIL it spares (LeNet at 2 threads on 2 cores: an iteration 1.24x forward+backward
-    with a process, 1.13x on threads)."""
+    a worker process has no core of its own to decode on, and handing each batch back costs the training
+    process more than the GIL it spares (LeNet at 2 threads on 2 cores: an iteration 1.22-1.24x
+    forward+backward with a process, 1.13x on threads)."""
     if not (training and _can_fork()):
         return 0
     if computing_on_cpu and _torch_threads() >= _usable_cores():
