@@ -495,3 +495,19 @@ def test_separate_validation_and_test_folders_become_the_command_flags(tmp_path)
     assert argv[argv.index("--val-folder") + 1] == os.path.realpath(val)
     assert argv[argv.index("--test-folder") + 1] == os.path.realpath(test)
     assert argv[argv.index("--val-percent") + 1] == "0" and argv[argv.index("--test-percent") + 1] == "0"
+
+
+def test_a_dataset_page_names_its_separate_validation_folder(tmp_path):
+    """Created through the form and run to the end: the page says where the validation images came from."""
+    train, val = make_class_folders(tmp_path / "train"), make_class_folders(tmp_path / "val", n=2)
+    app = create_app(str(tmp_path / "jobs"), start_scheduler=False, cpu_slots=1)
+    client = app.test_client()
+    r = client.post(CREATE_JSON, data={"method": "folder", "dataset_name": "pets", "folder_train": train,
+                                       "has_val_folder": "true", "folder_val": val, "resize_channels": "3",
+                                       "resize_width": "8", "resize_height": "8"})
+    assert r.status_code == 200, r.get_json()
+    job_id = r.get_json()["job_id"]
+    assert wait_done(app, [job_id])[job_id] == "Done"
+    assert client.get(f"/datasets/{job_id}.json").get_json()["counts"] == {"train": 18, "val": 6}
+    html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
+    assert re.search(rf"Validation images from</th><td>{re.escape(os.path.realpath(val))}<", html)
